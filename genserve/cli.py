@@ -1,0 +1,210 @@
+"""The `genserve` command: run the service's parts, build models, call the service.
+
+    genserve serve                    gateway + worker on one machine (embedded: no Redis needed)
+    genserve gateway --broker-url U   the gRPC gateway alone
+    genserve worker --broker-url U    a Celery worker alone
+    genserve train vae | export vae   train (resumable) / train + export + publish a model
+    genserve models                   what the repository holds
+    genserve generate vae -n 64 --seed 1 -o digits.png
+
+Settings come from GENSERVE_* environment variables; the flags below override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from genserve.settings import Settings
+
+FAMILIES = ("vae",)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", type=Path, help="model repository root (GENSERVE_MODEL_REPOSITORY)")
+    parser.add_argument("--broker-url", help="redis://host:6379/0; unset: embedded mode (GENSERVE_BROKER_URL)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (GENSERVE_LOG_LEVEL)")
+
+
+def _gateway_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (GENSERVE_GATEWAY__HOST)")
+    parser.add_argument("--port", type=int, help="port, 0 for any free one (GENSERVE_GATEWAY__PORT)")
+    parser.add_argument("--no-batching", action="store_true", help="one task message per request")
+
+
+def _worker_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queues", help="comma-separated model names to serve (default: all)")
+    parser.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], help="execution provider")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0: automatic)")
+    parser.add_argument("--concurrency", type=int, help="worker processes (1: in the consumer process)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genserve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="gateway and worker on one machine")
+    _common(serve), _gateway_flags(serve), _worker_flags(serve)
+    gateway = sub.add_parser("gateway", help="the gRPC gateway (needs a broker)")
+    _common(gateway), _gateway_flags(gateway)
+    worker = sub.add_parser("worker", help="a Celery worker (needs a broker)")
+    _common(worker), _worker_flags(worker)
+
+    for name, text in (("train", "train a model (resumes from its checkpoint)"),
+                       ("export", "train if needed, export to ONNX, publish to the repository")):
+        build = sub.add_parser(name, help=text)
+        _common(build)
+        build.add_argument("family", choices=FAMILIES)
+        build.add_argument("--name", help="model name in the repository (default: the family)")
+        build.add_argument("--epochs", type=int, help="training epochs")
+        build.add_argument("--data", type=Path, help="directory with full MNIST IDX files")
+        build.add_argument("--limit", type=int, help="use only the first N digits")
+        build.add_argument("--conditional", action="store_true", help="class-conditional model")
+        build.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="checkpoint directory")
+        build.add_argument("--seed", type=int, default=0)
+
+    models = sub.add_parser("models", help="list the repository's models")
+    _common(models)
+
+    generate = sub.add_parser("generate", help="generate images through a running gateway")
+    generate.add_argument("model", help="model name, e.g. vae or vae:1")
+    generate.add_argument("-n", "--count", type=int, default=64)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--label", type=int)
+    generate.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
+    generate.add_argument("--address", default="127.0.0.1:50051")
+    generate.add_argument("--timeout", type=float, default=60.0)
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for flag, key in (("repository", "model_repository"), ("broker_url", "broker_url"), ("log_level", "log_level")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    gateway = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
+    worker = {key: getattr(args, flag) for flag, key in (
+        ("queues", "queues"), ("provider", "execution_provider"), ("threads", "intra_op_threads"),
+        ("concurrency", "concurrency")) if getattr(args, flag, None) is not None}
+    if gateway:
+        overrides["gateway"] = gateway
+    if worker:
+        overrides["worker"] = worker
+    if getattr(args, "no_batching", False):
+        overrides["batching"] = {"enabled": False}
+    return Settings(**overrides)
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from genserve.services.server import serve
+
+    worker = None
+    if not settings.embedded:  # distributed on one machine: the worker is its own process
+        argv = [sys.executable, "-m", "genserve", "worker", "--broker-url", settings.broker_url,
+                "--repository", str(settings.model_repository)]
+        worker = subprocess.Popen(argv + _passthrough(args, ("queues", "provider", "threads", "concurrency")))
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+    return 0
+
+
+def _passthrough(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for flag in flags:
+        if getattr(args, flag, None) is not None:
+            out += [f"--{flag}", str(getattr(args, flag))]
+    return out
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from genserve.services.server import serve
+
+    if settings.embedded:
+        print("genserve gateway needs --broker-url (or GENSERVE_BROKER_URL); "
+              "`genserve serve` runs the embedded single-machine mode", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from genserve.workers.app import create_app, worker_queues
+
+    if settings.embedded:
+        print("genserve worker needs --broker-url (or GENSERVE_BROKER_URL)", file=sys.stderr)
+        return 2
+    queues = worker_queues(settings)
+    if not queues:
+        print(f"no models in {settings.model_repository} and no --queues: nothing to serve; "
+              "build one with `genserve export vae`", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    pool = "solo" if settings.worker.concurrency == 1 else "prefork"
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--pool", pool,
+        "--concurrency", str(settings.worker.concurrency),
+        "--loglevel", settings.log_level.upper(), "--hostname", "genserve@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from genserve.export.cli import build
+
+    return build(args, settings)
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from genserve.repository import ModelRepository
+
+    manifests = ModelRepository(settings.model_repository).manifests()
+    if not manifests:
+        print(f"no models in {settings.model_repository}")
+    for m in manifests:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
+        print(f"{m.ref:<16} {m.kind:<10} {m.loop:<18} {metrics}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from genserve.client import Client
+    from genserve.tensors import grid, png_encode
+
+    with Client(args.address, timeout_s=args.timeout) as client:
+        result = client.generate_images(args.model, args.count, seed=args.seed, label=args.label)
+    args.output.write_bytes(png_encode(grid(result.images)))
+    print(f"wrote {len(result.images)} images from {result.model} (seed {result.seed}) to {args.output}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
+            "export": cmd_build, "models": cmd_models, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        return cmd_generate(args)
+    settings = build_settings(args)
+    _logging(settings)
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The model repository: `<root>/<name>/<version>/model.onnx` plus `manifest.json`.
+
+The manifest is the contract between `genserve.export` (which writes it) and the workers and
+gateway (which read it): kind, serving loop, ONNX files with their sha256, input/output specs,
+labels, training data, held-out metrics and tool versions. Clients name models
+("vae", "vae:2"), never paths; names and versions are validated before they touch the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from genserve.errors import InvalidArgumentError, ModelNotFoundError, ModelNotReadyError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+
+# Serving loops a worker knows; the manifest names one, the worker picks its code by it.
+LOOPS = ("latent_sampler", "image_to_image", "image_classifier", "text_classifier", "autoregressive")
+
+
+class TensorSpec(BaseModel):
+    """One input or output of an ONNX graph; -1 marks a dynamic dimension."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class OnnxFile(BaseModel):
+    """One ONNX file of a model version and the graph signature it was exported with."""
+
+    path: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ImageSpec(BaseModel):
+    """Layout of images a model produces or consumes: (C, H, W) float32 in [low, high]."""
+
+    channels: int
+    height: int
+    width: int
+    low: float = 0.0
+    high: float = 1.0
+
+
+class ServingHints(BaseModel):
+    """Per-model batching knobs; settings may override them per deployment."""
+
+    max_batch_size: int = 256  # samples in one ONNX Runtime call
+    max_queue_delay_ms: float = 2.0  # longest a request waits for company
+
+
+class Manifest(BaseModel):
+    """Everything known about one model version; written at export, read when serving."""
+
+    format_version: int = 1
+    name: str
+    version: str
+    kind: str  # model family: "vae", "dae", "gan", "classifier", "gpt", ...
+    loop: str  # serving loop, one of LOOPS
+    description: str = ""
+    files: dict[str, OnnxFile]  # role -> file; role "model" (model.onnx) is the serving graph
+    config: dict[str, Any] = Field(default_factory=dict)  # hyperparameters to rebuild the model
+    latent_dim: int = 0  # latent-variable generators only
+    image: ImageSpec | None = None  # image produced (generators) or consumed (denoisers, classifiers)
+    labels: list[str] = Field(default_factory=list)  # classes, for conditional models and classifiers
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    postprocess: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)  # data set, split sizes, epochs, time
+    metrics: dict[str, float] = Field(default_factory=dict)  # held-out metrics measured at export
+    parity: dict[str, float] = Field(default_factory=dict)  # ONNX Runtime vs PyTorch max abs diff
+    serving: ServingHints = Field(default_factory=ServingHints)
+    tools: dict[str, str] = Field(default_factory=dict)  # versions of torch, onnx, onnxruntime, ...
+    created: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def conditional(self) -> bool:
+        return self.loop == "latent_sampler" and bool(self.labels)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """Split "name" or "name:version" and validate both parts."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgumentError("model must be a name such as 'vae' or 'vae:1', got ''")
+    name, _, version = ref.partition(":")
+    if not NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"model name must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_'), "
+            f"got {name[:80]!r}"
+        )
+    if version and not VERSION_RE.match(version):
+        raise InvalidArgumentError(f"model version must be a positive integer, got {version[:20]!r}")
+    return name, version or None
+
+
+class ModelRepository:
+    """Read-only view of a repository root; re-reads the disk so new versions appear live."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        found = [
+            p.name
+            for p in model_dir.iterdir()
+            if VERSION_RE.match(p.name) and (p / MANIFEST).is_file()
+        ]
+        return sorted(found, key=int)
+
+    def manifests(self) -> list[Manifest]:
+        """Every readable manifest; a broken one is logged and skipped, not fatal."""
+        found = []
+        for name in self.names():
+            for version in self.versions(name):
+                try:
+                    found.append(self.load(name, version))
+                except ModelNotReadyError as exc:
+                    log.warning("skipping %s:%s: %s", name, version, exc)
+        return found
+
+    def resolve(self, ref: str) -> Manifest:
+        """Manifest of "name" (latest version) or "name:version"; NOT_FOUND when absent."""
+        name, version = parse_model_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFoundError(f"model {name!r} not found; available models: {known}")
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version}; versions: {', '.join(versions)}"
+            )
+        return self.load(name, version)
+
+    def load(self, name: str, version: str) -> Manifest:
+        path = self.root / name / version / MANIFEST
+        try:
+            return Manifest.model_validate_json(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelNotFoundError(f"model {name}:{version} not found") from exc
+        except ValueError as exc:
+            raise ModelNotReadyError(f"manifest of {name}:{version} is invalid: {exc}") from exc
+
+    def file_path(self, manifest: Manifest, role: str = "model") -> Path:
+        return self.root / manifest.name / manifest.version / manifest.files[role].path
+
+    def verified_path(self, manifest: Manifest, role: str = "model") -> Path:
+        """Path of an ONNX file after checking its sha256 against the manifest."""
+        path = self.file_path(manifest, role)
+        if not path.is_file():
+            raise ModelNotReadyError(f"{manifest.ref}: file {manifest.files[role].path} is missing")
+        actual = sha256_file(path)
+        if actual != manifest.files[role].sha256:
+            raise ModelNotReadyError(
+                f"{manifest.ref}: sha256 of {manifest.files[role].path} is {actual[:12]}..., "
+                f"the manifest says {manifest.files[role].sha256[:12]}...; refusing to load it"
+            )
+        return path
+
+
+def next_version(root: Path, name: str) -> str:
+    versions = ModelRepository(root).versions(name)
+    return str(int(versions[-1]) + 1) if versions else "1"
+
+
+def publish(
+    root: Path | str,
+    manifest: Manifest,
+    files: dict[str, Path],
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write a model version atomically: files and manifest land in a temp dir, then rename.
+
+    `files` maps a role to an ONNX file to copy; their sha256 are filled into the manifest.
+    `extra_files` (sample grids, tokenizers) are copied alongside without a role.
+    """
+    root = Path(root)
+    parse_model_ref(f"{manifest.name}:{manifest.version}")
+    final = root / manifest.name / manifest.version
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{manifest.version}-", dir=final.parent))
+    try:
+        for role, src in files.items():
+            dst_name = "model.onnx" if role == "model" else f"{role}.onnx"
+            shutil.copyfile(src, staging / dst_name)
+            entry = manifest.files[role]
+            entry.path = dst_name
+            entry.sha256 = sha256_file(staging / dst_name)
+        for dst_name, src in (extra_files or {}).items():
+            shutil.copyfile(src, staging / dst_name)
+        if not manifest.created:
+            manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final

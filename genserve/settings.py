@@ -1,0 +1,88 @@
+"""Settings, built once in each process's entry point and passed down through constructors.
+
+Environment variables use the `GENSERVE_` prefix and `__` for nesting
+(`GENSERVE_BATCHING__MAX_QUEUE_DELAY_MS=1`); CLI flags override them; tests pass constructor
+arguments. Nothing here is read at import time. Model hyperparameters are not settings: they
+travel inside the checkpoint, the ONNX metadata and the manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"  # 0.0.0.0 in containers; loopback keeps a laptop's demo private
+    port: int = 50051  # 0 picks a free port (tests)
+    default_timeout_s: float = 30.0  # deadline given to requests that carry none
+    max_message_mb: int = 64  # largest request or response message
+    max_pending_requests: int = 4096  # per model, waiting or in flight in this gateway
+    max_queue_depth: int = 10_000  # Celery messages waiting in a model's queue before refusing
+    grace_s: float = 5.0  # in-flight RPCs get this long to finish on SIGTERM
+    manifest_ttl_s: float = 2.0  # how stale the gateway's view of the repository may be
+
+
+class BatchingSettings(BaseModel):
+    """Gateway-side grouping of concurrent requests into one task message (services/batcher.py)."""
+
+    enabled: bool = True  # off: one task message per request (for comparison)
+    max_batch_samples: int = 256  # samples in one task message
+    max_queue_delay_ms: float = 2.0  # a request never waits longer than this for company
+    max_inflight_batches: int = 2  # per model per gateway; more waiting requests form the next batch
+
+
+class WorkerSettings(BaseModel):
+    queues: list[str] = Field(default_factory=list)  # model names to consume; empty: every model
+    execution_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    intra_op_threads: int = 0  # ONNX Runtime threads per session; 0: cores / worker processes
+    inter_op_threads: int = 1  # parallel graph branches; these graphs are sequential
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    io_binding: bool = True  # bind inputs/outputs explicitly on CUDA (no effect on the CPU)
+    concurrency: int = 1  # processes per worker (1 runs in the consumer process, lowest latency)
+    prefetch_multiplier: int = 1  # messages reserved per process beyond the one running
+    visibility_timeout_s: int = 300  # an unacked message returns to the queue after this
+    max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+
+class LimitSettings(BaseModel):
+    max_count: int = 4096  # images per GenerateImages request
+    max_images: int = 1024  # images per Denoise or Classify request
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GENSERVE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    model_repository: Path = Path("model_repository")  # <root>/<name>/<version>/model.onnx
+    broker_url: str | None = None  # redis://host:6379/0; unset: embedded single-process mode
+    result_backend: str | None = None  # defaults to broker_url
+    queue_prefix: str = "genserve"  # queue of model m is "<prefix>.<m>"
+    result_expires_s: int = 300  # how long an unread result stays in Redis
+    log_level: str = "INFO"
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def backend_url(self) -> str | None:
+        return self.result_backend or self.broker_url
+
+    def queue_for(self, model_name: str) -> str:
+        return f"{self.queue_prefix}.{model_name}"

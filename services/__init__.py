@@ -1,0 +1,1 @@
+"""genserve.services: the grpc.aio gateway. Validates, groups and enqueues; never imports torch."""

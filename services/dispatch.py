@@ -1,0 +1,250 @@
+"""Enqueue work and await its result within the request's deadline.
+
+Two backends run the same worker code (`genserve.workers.tasks.execute`):
+
+- `CeleryBackend` (distributed): publishes a Celery task to the model's queue with the
+  batch's deadline as its expiry, and waits for the Redis result backend's publish of the
+  result on the task's channel, asynchronously. Celery's own `AsyncResult.get()` would block
+  a thread and poll; here one pub/sub connection per gateway resolves every waiter, and a
+  sweep re-reads stored results in case a publish was missed (reconnect, race).
+- `LocalBackend` (embedded): no broker; a thread pool in the gateway process runs the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, from_code
+from genserve.repository import Manifest, ModelRepository
+from genserve.services.batcher import Batcher, BatchStats
+from genserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESULT_PREFIX = "celery-task-meta-"
+
+
+class Backend(Protocol):
+    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]: ...
+    async def check_capacity(self, queue: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Embedded mode: the worker's code on a thread pool in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from genserve.workers.runtime import ModelCache
+
+        self._cache = ModelCache(ModelRepository(settings.model_repository), settings.worker)
+        self._pool = ThreadPoolExecutor(max(1, settings.worker.concurrency), thread_name_prefix="genserve-worker")
+
+    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+        from genserve.workers.tasks import execute
+
+        payload = {"model": ref, "op": op, "requests": requests}
+        return await asyncio.get_running_loop().run_in_executor(self._pool, execute, payload, self._cache)
+
+    async def check_capacity(self, queue: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ResultListener:
+    """One pub/sub connection that resolves a future per awaited result key."""
+
+    SWEEP_S = 0.5  # how often results older than this are re-read with GET
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pubsub = client.pubsub()
+        self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
+        self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        # A channel nobody publishes to keeps the connection subscribed between requests.
+        self._idle_channel = f"genserve:gateway:{uuid.uuid4().hex}"
+
+    async def expect(self, key: str) -> asyncio.Future:
+        if self._task is None:
+            await self._pubsub.subscribe(self._idle_channel)
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+        future = asyncio.get_running_loop().create_future()
+        self._waiters[key] = (future, time.monotonic())
+        await self._pubsub.subscribe(key)
+        return future
+
+    def done(self, key: str) -> None:
+        """Stop listening for `key` and delete the stored result (it has been read)."""
+        self._waiters.pop(key, None)
+        self._spawn(self._pubsub.unsubscribe(key))
+        self._spawn(self._client.delete(key))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _listen(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self.SWEEP_S)
+                if message is not None:
+                    self._resolve(message["channel"].decode(), message["data"])
+                if time.monotonic() - last_sweep >= self.SWEEP_S:
+                    last_sweep = time.monotonic()
+                    await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: redis-py resubscribes on reconnect
+                log.warning("result listener: %s; retrying", exc)
+                await asyncio.sleep(0.2)
+
+    def _resolve(self, key: str, data: bytes) -> None:
+        entry = self._waiters.get(key)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(data)
+
+    async def _sweep(self) -> None:
+        now = time.monotonic()
+        stale = [k for k, (f, t) in self._waiters.items() if now - t > self.SWEEP_S and not f.done()]
+        if stale:
+            for key, data in zip(stale, await self._client.mget(stale)):
+                if data is not None:
+                    self._resolve(key, data)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._pubsub.aclose()
+
+
+class CeleryBackend:
+    """Distributed mode: Celery tasks over Redis, results read asynchronously."""
+
+    QUEUE_CHECK_S = 0.25  # how stale the cached queue depth may be
+
+    def __init__(self, settings: Settings) -> None:
+        import redis.asyncio
+        from kombu.serialization import loads
+
+        from genserve.workers.app import create_app
+
+        self._app = create_app(settings, with_results=False)
+        self._redis = redis.asyncio.from_url(settings.backend_url)
+        self._broker = redis.asyncio.from_url(settings.broker_url)
+        self._listener = ResultListener(self._redis)
+        self._loads = loads
+        self._max_depth = settings.gateway.max_queue_depth
+        self._depth: dict[str, tuple[int, float]] = {}
+
+    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+        from genserve.workers.tasks import TASK_NAME
+
+        task_id = uuid.uuid4().hex
+        key = RESULT_PREFIX + task_id
+        try:
+            future = await self._listener.expect(key)
+        except Exception as exc:
+            raise BrokerUnavailableError(f"result backend unreachable: {exc}") from exc
+        try:
+            try:
+                self._app.send_task(
+                    TASK_NAME,
+                    args=[{"model": ref, "op": op, "requests": requests}],
+                    task_id=task_id,
+                    queue=queue,
+                    expires=datetime.fromtimestamp(deadline, tz=timezone.utc),
+                )
+            except Exception as exc:
+                raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
+            data = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.time()))
+        except asyncio.TimeoutError as exc:
+            raise DeadlineExceededError("no result before the deadline") from exc
+        finally:
+            self._listener.done(key)
+        return self._decode(data)
+
+    def _decode(self, data: bytes) -> dict[str, Any]:
+        meta = self._loads(data, content_type="application/x-msgpack", content_encoding="binary",
+                          accept={"application/x-msgpack"})
+        status = meta.get("status")
+        if status == "SUCCESS":
+            return meta["result"]
+        if status == "REVOKED":
+            raise DeadlineExceededError("the task expired in the queue before a worker reached it")
+        exc = meta.get("result") or {}
+        log.error("task failed in the worker: %s %s", exc.get("exc_type"), exc.get("exc_message"))
+        raise InternalError(f"worker failed: {exc.get('exc_type', status)}")
+
+    async def check_capacity(self, queue: str) -> None:
+        depth, at = self._depth.get(queue, (0, 0.0))
+        if time.monotonic() - at > self.QUEUE_CHECK_S:
+            try:
+                depth = await self._broker.llen(queue)
+            except Exception as exc:
+                raise BrokerUnavailableError(f"broker unreachable: {exc}") from exc
+            self._depth[queue] = (depth, time.monotonic())
+        if depth >= self._max_depth:
+            from genserve.errors import QueueFullError
+
+            raise QueueFullError(
+                f"queue {queue} holds {depth} messages (limit {self._max_depth}); retry with backoff"
+            )
+
+    async def close(self) -> None:
+        await self._listener.close()
+        await self._redis.aclose()
+        await self._broker.aclose()
+
+
+class Dispatcher:
+    """Routes validated requests to a per-(model, op) batcher and awaits their outcomes."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend: Backend = backend or (LocalBackend(settings) if settings.embedded else CeleryBackend(settings))
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    def stats(self, ref: str) -> list[BatchStats]:
+        return [b.stats for (r, _), b in self._batchers.items() if r == ref]
+
+    async def submit(self, manifest: Manifest, op: str, request: dict[str, Any], samples: int, timeout_s: float) -> dict[str, Any]:
+        """The worker's outcome for one request; raises the mapped error on failure."""
+        queue = self.settings.queue_for(manifest.name)
+        await self.backend.check_capacity(queue)
+        future = self._batcher(manifest.ref, queue, op).submit(request, samples, time.time() + timeout_s)
+        try:
+            outcome = await asyncio.wait_for(future, timeout=timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise DeadlineExceededError(
+                f"no result from {manifest.ref} within the deadline ({timeout_s:.3f} s); "
+                "its workers may be busy or down"
+            ) from exc
+        if not outcome["ok"]:
+            raise from_code(outcome["code"], outcome["message"])
+        return outcome
+
+    def _batcher(self, ref: str, queue: str, op: str) -> Batcher:
+        key = (ref, op)
+        if key not in self._batchers:
+            async def send(requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+                return await self.backend.run(ref, queue, op, requests, deadline)
+
+            self._batchers[key] = Batcher(f"{ref}/{op}", send, self.settings.batching,
+                                          self.settings.gateway.max_pending_requests)
+        return self._batchers[key]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))
+        await self.backend.close()

@@ -1,0 +1,85 @@
+"""The grpc.aio gateway: create_server(settings) -> (server, port); serve(); graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genserve.repository import ModelRepository
+from genserve.services.dispatch import Dispatcher
+from genserve.services.models import ModelCatalog
+from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
+from genserve.settings import Settings
+from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+)
+
+
+@dataclass
+class Gateway:
+    server: grpc.aio.Server
+    port: int
+    dispatcher: Dispatcher
+    health: health.HealthServicer
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Refuse new calls, let in-flight ones finish for `grace_s`, then close the backend."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+        await self.dispatcher.close()
+
+
+async def create_server(settings: Settings, dispatcher: Dispatcher | None = None) -> Gateway:
+    """Build and start the gateway; with port 0 the OS picks a free port."""
+    limit = settings.gateway.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ])
+    dispatcher = dispatcher or Dispatcher(settings)
+    catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.gateway.host}:{settings.gateway.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    mode = "embedded (no broker)" if settings.embedded else f"broker {settings.broker_url}"
+    log.info("gateway listening on %s:%d, %s, models in %s", settings.gateway.host, port, mode,
+             settings.model_repository)
+    return Gateway(server, port, dispatcher, health_servicer)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    gateway = await create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"genserve gateway ready on {settings.gateway.host}:{gateway.port}", flush=True)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("stopping: %.1f s grace for in-flight requests", settings.gateway.grace_s)
+    await gateway.stop(settings.gateway.grace_s)

@@ -1,0 +1,132 @@
+"""gRPC servicers: validate -> dispatch -> proto. Thin; errors map to codes in errors.py."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import grpc
+
+from genserve.errors import NotImplementedYetError
+from genserve.repository import Manifest
+from genserve.services import validation
+from genserve.services.errors import streaming, unary
+from genserve.services.models import ModelCatalog
+from genserve.services.dispatch import Dispatcher
+from genserve.settings import Settings
+from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
+
+
+def _tensor(wire: dict, out: tensor_pb2.Tensor) -> None:
+    from genserve.tensors import to_proto, from_wire
+
+    to_proto(from_wire(wire), out)
+
+
+def _later(rpc: str, issue: str) -> NotImplementedYetError:
+    return NotImplementedYetError(f"{rpc} is not implemented yet; it arrives with {issue}")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, settings: Settings, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        return validation.timeout_from(context.time_remaining(), self.settings.gateway.default_timeout_s)
+
+    @unary
+    async def GenerateImages(self, request: inference_pb2.GenerateImagesRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GenerateImagesResponse:
+        manifest = self.catalog.resolve(request.model)
+        params = validation.generate_images(request, manifest, self.settings.limits)
+        outcome = await self.dispatcher.submit(manifest, "generate_images", params.to_task(), params.samples(), self._timeout(context))
+        response = inference_pb2.GenerateImagesResponse(seed=params.seed, model=manifest.ref)
+        if "images" in outcome:
+            _tensor(outcome["images"], response.images)
+        if "latents" in outcome:
+            _tensor(outcome["latents"], response.latents)
+        response.png.extend(outcome.get("png", []))
+        return response
+
+    @unary
+    async def Denoise(self, request: inference_pb2.DenoiseRequest, context: grpc.aio.ServicerContext) -> inference_pb2.DenoiseResponse:
+        validation.require_rpc(self.catalog.resolve(request.model), "Denoise")
+        raise _later("Denoise", "the image-models issue (denoising autoencoder)")
+
+    @unary
+    async def Classify(self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ClassifyResponse:
+        validation.require_rpc(self.catalog.resolve(request.model), "Classify")
+        raise _later("Classify", "the image-models and transformers issues (classifiers)")
+
+    @streaming
+    async def GenerateText(self, request: inference_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.GenerateTextChunk]:
+        validation.require_rpc(self.catalog.resolve(request.model), "GenerateText")
+        raise _later("GenerateText", "the transformers issue (GPT text generation)")
+        yield  # pragma: no cover - makes this an async generator
+
+    @unary
+    async def CompleteText(self, request: inference_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GenerateTextResponse:
+        validation.require_rpc(self.catalog.resolve(request.model), "CompleteText")
+        raise _later("CompleteText", "the transformers issue (GPT text generation)")
+
+    @unary
+    async def ScoreText(self, request: inference_pb2.ScoreTextRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ScoreTextResponse:
+        validation.require_rpc(self.catalog.resolve(request.model), "ScoreText")
+        raise _later("ScoreText", "the transformers issue (GPT text generation)")
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+
+    @unary
+    async def ListModels(self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> models_pb2.ListModelsResponse:
+        return models_pb2.ListModelsResponse(models=[self._info(m) for m in self.catalog.all()])
+
+    @unary
+    async def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> models_pb2.ModelInfo:
+        return self._info(self.catalog.resolve(request.model))
+
+    def _info(self, manifest: Manifest) -> models_pb2.ModelInfo:
+        serving = manifest.files["model"]
+        providers = [s.provider for s in self.dispatcher.stats(manifest.ref) if s.provider]
+
+        def spec(t: object) -> models_pb2.TensorSpec:
+            return models_pb2.TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype)
+
+        return models_pb2.ModelInfo(
+            name=manifest.name, version=manifest.version, kind=manifest.kind, loop=manifest.loop,
+            description=manifest.description, rpcs=validation.RPCS_BY_LOOP.get(manifest.loop, []),
+            inputs=[spec(t) for t in serving.inputs], outputs=[spec(t) for t in serving.outputs],
+            labels=manifest.labels, metrics=manifest.metrics, sha256=serving.sha256,
+            latent_dim=manifest.latent_dim, max_batch_size=manifest.serving.max_batch_size,
+            execution_provider=providers[0] if providers else "",
+            manifest_json=json.dumps(manifest.model_dump()),
+        )
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """Batch jobs are designed in the API; the implementation lands with the jobs issue."""
+
+    @unary
+    async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        raise _later("SubmitJob", "the batch-jobs issue; GenerateImages serves up to 4096 images per call")
+
+    @unary
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        raise _later("GetJob", "the batch-jobs issue")
+
+    @streaming
+    async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.Job]:
+        raise _later("WatchJob", "the batch-jobs issue")
+        yield  # pragma: no cover
+
+    @unary
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        raise _later("CancelJob", "the batch-jobs issue")
+
+    @unary
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        raise _later("ListJobs", "the batch-jobs issue")

@@ -1,0 +1,160 @@
+"""Request validation with pydantic, before anything is enqueued.
+
+Each RPC's proto request becomes a pydantic model checked against the model's manifest and
+the deployment's limits; a failure is an InvalidArgumentError whose message says what was
+wrong and what is allowed. What passes is turned into the task's per-request dict.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from genserve.errors import DeadlineExceededError, InvalidArgumentError
+from genserve.repository import Manifest
+from genserve.settings import LimitSettings
+from genserve.tensors import from_proto, to_wire
+from genserve.v1 import inference_pb2
+
+# RPCs each serving loop answers; used to tell clients which call a model wants.
+RPCS_BY_LOOP = {
+    "latent_sampler": ["GenerateImages"],
+    "image_to_image": ["Denoise"],
+    "image_classifier": ["Classify"],
+    "text_classifier": ["Classify"],
+    "autoregressive": ["GenerateText", "CompleteText", "ScoreText"],
+}
+
+_ENCODINGS = {
+    inference_pb2.IMAGE_ENCODING_TENSOR: (True, False),
+    inference_pb2.IMAGE_ENCODING_PNG: (False, True),
+    inference_pb2.IMAGE_ENCODING_TENSOR_AND_PNG: (True, True),
+}
+
+
+def require_rpc(manifest: Manifest, rpc: str) -> None:
+    served = RPCS_BY_LOOP.get(manifest.loop, [])
+    if rpc not in served:
+        raise InvalidArgumentError(
+            f"model {manifest.ref} is a {manifest.kind} ({manifest.loop}); it serves "
+            f"{', '.join(served) or 'no RPC'}, not {rpc}"
+        )
+
+
+class GenerateImagesInput(BaseModel):
+    """A GenerateImages request that passed every check."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    count: int
+    seed: int
+    label: int | None
+    latents: np.ndarray | None
+    tensor: bool
+    png: bool
+    return_latents: bool
+
+    @field_validator("latents")
+    @classmethod
+    def _latents(cls, z: np.ndarray | None, info: ValidationInfo) -> np.ndarray | None:
+        if z is None:
+            return None
+        dim = info.context["manifest"].latent_dim
+        if z.ndim != 2 or z.shape[1] != dim:
+            raise ValueError(f"latents must have shape (n, {dim}), got {tuple(z.shape)}")
+        if z.dtype != np.float32:
+            raise ValueError(f"latents must be DTYPE_FLOAT32, got {z.dtype.name}")
+        if not np.isfinite(z).all():
+            raise ValueError("latents must be finite (no NaN or infinity)")
+        return z
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, count: int, info: ValidationInfo) -> int:
+        limit = info.context["limits"].max_count
+        if not 1 <= count <= limit:
+            raise ValueError(f"count must be 1..{limit}, got {count}")
+        return count
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: int | None, info: ValidationInfo) -> int | None:
+        manifest: Manifest = info.context["manifest"]
+        if label is None:
+            if manifest.conditional:
+                raise ValueError(
+                    f"model {manifest.ref} is class-conditional: label must be 0..{len(manifest.labels) - 1}"
+                )
+            return None
+        if not manifest.conditional:
+            raise ValueError(f"model {manifest.ref} is not class-conditional; omit label")
+        if not 0 <= label < len(manifest.labels):
+            raise ValueError(f"label must be 0..{len(manifest.labels) - 1}, got {label}")
+        return label
+
+    def samples(self) -> int:
+        return self.count
+
+    def to_task(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "seed": self.seed,
+            "label": self.label,
+            "latents": to_wire(self.latents) if self.latents is not None else None,
+            "tensor": self.tensor,
+            "png": self.png,
+            "return_latents": self.return_latents,
+        }
+
+
+def generate_images(request: inference_pb2.GenerateImagesRequest, manifest: Manifest, limits: LimitSettings) -> GenerateImagesInput:
+    require_rpc(manifest, "GenerateImages")
+    latents = from_proto(request.latents, "latents") if request.latents.shape else None
+    count = request.count
+    if latents is not None:
+        rows = latents.shape[0] if latents.ndim else 0
+        if count not in (0, rows):
+            raise InvalidArgumentError(f"count must be 0 or the number of latent rows ({rows}), got {count}")
+        count = rows
+    if request.encoding not in _ENCODINGS:
+        raise InvalidArgumentError(f"encoding must be one of {sorted(_ENCODINGS)}, got {request.encoding}")
+    tensor, png = _ENCODINGS[request.encoding]
+    raw = {
+        "count": count,
+        "seed": request.seed if request.HasField("seed") else secrets.randbits(63),
+        "label": request.label if request.HasField("label") else None,
+        "latents": latents,
+        "tensor": tensor,
+        "png": png,
+        "return_latents": request.return_latents,
+    }
+    return _validate(GenerateImagesInput, raw, manifest, limits)
+
+
+def _validate(schema: type[BaseModel], raw: dict[str, Any], manifest: Manifest, limits: LimitSettings) -> Any:
+    try:
+        return schema.model_validate(raw, context={"manifest": manifest, "limits": limits})
+    except ValidationError as exc:
+        raise InvalidArgumentError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        field = ".".join(str(p) for p in error["loc"])
+        parts.append(message if field and message.startswith(field) else f"{field}: {message}" if field else message)
+    return "; ".join(parts)
+
+
+def timeout_from(remaining: float | None, default_s: float) -> float:
+    """The request's deadline as seconds from now; the default when the client set none."""
+    if remaining is None or math.isinf(remaining):
+        return default_s
+    if remaining <= 0:
+        raise DeadlineExceededError("the request's deadline had passed when it arrived")
+    return remaining

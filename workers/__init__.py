@@ -1,0 +1,1 @@
+"""genserve.workers: the Celery app and ONNX Runtime execution. Never imports torch."""

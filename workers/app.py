@@ -1,0 +1,58 @@
+"""Builds the Celery app from settings, nothing else.
+
+Broker and result backend are Redis; messages are msgpack (JSON accepted, pickle refused).
+Late acknowledgement: a message is acked only after its result is stored, and a worker that
+dies mid-batch leaves it unacked, so Redis hands it to another worker after the visibility
+timeout. Queues are per model ("genserve.vae"), so a deployment routes models to GPU or
+CPU workers by which queues each worker consumes.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from genserve.repository import ModelRepository
+from genserve.settings import Settings
+from genserve.workers.runtime import ModelCache
+from genserve.workers.tasks import register_tasks
+
+
+def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
+    """The worker's app (`with_results`), or the gateway's, which reads results itself."""
+    if not settings.broker_url:
+        raise ValueError("a broker URL is required for the distributed mode")
+    app = Celery(
+        "genserve",
+        broker=settings.broker_url,
+        backend=settings.backend_url if with_results else None,
+        set_as_current=False,
+    )
+    app.conf.update(
+        task_serializer="msgpack",
+        result_serializer="msgpack",
+        accept_content=["msgpack", "json"],
+        result_accept_content=["msgpack", "json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.worker.prefetch_multiplier,
+        broker_transport_options={"visibility_timeout": settings.worker.visibility_timeout_s},
+        result_expires=settings.result_expires_s,
+        task_default_queue=f"{settings.queue_prefix}.default",
+        broker_connection_retry_on_startup=True,
+        task_publish_retry_policy={
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
+        },
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    repository = ModelRepository(settings.model_repository)
+    register_tasks(app, lambda: ModelCache(repository, settings.worker))
+    return app
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """Queues this worker consumes: the configured models, or every model in the repository."""
+    names = settings.worker.queues or ModelRepository(settings.model_repository).names()
+    return [settings.queue_for(name) for name in names]

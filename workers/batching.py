@@ -1,0 +1,89 @@
+"""Where the worker groups requests into ONNX Runtime calls.
+
+A task message carries several requests (the gateway grouped them, services/batcher.py).
+Here each request is prepared on its own (a bad one fails alone), the good ones are stacked
+along the batch axis and run in calls of at most `max_batch` rows, and the outputs are split
+back per request. If a stacked call fails, the requests are retried one by one so that only
+the request that really breaks the model fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from genserve.errors import GenserveError
+from genserve.workers.runtime import OnnxModel
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+Outcome = dict[str, Any]  # {"ok": True, ...outputs} or {"ok": False, "code", "message"}
+
+
+def failure(exc: BaseException) -> Outcome:
+    if isinstance(exc, GenserveError):
+        return {"ok": False, "code": exc.code, "message": str(exc)}
+    log.exception("request failed inside the worker")
+    return {"ok": False, "code": "INTERNAL", "message": f"worker error: {type(exc).__name__}"}
+
+
+@dataclass
+class BatchStats:
+    calls: list[int] = field(default_factory=list)  # rows in each ONNX Runtime call
+
+
+def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, stats: BatchStats) -> list[Feeds]:
+    """Stack per-request feeds, run them in calls of <= max_batch rows, split the outputs back."""
+    sizes = [len(next(iter(f.values()))) for f in feeds]
+    stacked = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+    total = sum(sizes)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in model.output_names}
+    for start in range(0, total, max_batch):
+        chunk = {name: array[start : start + max_batch] for name, array in stacked.items()}
+        stats.calls.append(len(next(iter(chunk.values()))))
+        for name, out in model.run(chunk).items():
+            parts[name].append(out)
+    merged = {name: np.concatenate(p) if len(p) > 1 else p[0] for name, p in parts.items()}
+    bounds = np.cumsum([0] + sizes)
+    return [{name: out[a:b] for name, out in merged.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def run_requests(
+    model: OnnxModel,
+    requests: list[dict[str, Any]],
+    prepare: Callable[[dict[str, Any]], Feeds],
+    finish: Callable[[dict[str, Any], Feeds, Feeds], Outcome],
+    max_batch: int,
+    stats: BatchStats,
+) -> list[Outcome]:
+    """Outcome per request, in order: prepare each, run the good ones together, finish each."""
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    prepared: list[tuple[int, Feeds]] = []
+    for i, request in enumerate(requests):
+        try:
+            prepared.append((i, prepare(request)))
+        except Exception as exc:  # one bad request must not sink the others
+            outcomes[i] = failure(exc)
+    if prepared:
+        try:
+            outputs = run_stacked(model, [f for _, f in prepared], max_batch, stats)
+        except Exception:
+            log.warning("stacked call of %d requests failed; retrying one by one", len(prepared))
+            outputs = [_run_alone(model, f, max_batch, stats) for _, f in prepared]
+        for (i, feeds), out in zip(prepared, outputs):
+            try:
+                outcomes[i] = out if isinstance(out, dict) and out.get("ok") is False else finish(requests[i], feeds, out)
+            except Exception as exc:
+                outcomes[i] = failure(exc)
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_alone(model: OnnxModel, feeds: Feeds, max_batch: int, stats: BatchStats) -> Feeds | Outcome:
+    try:
+        return run_stacked(model, [feeds], max_batch, stats)[0]
+    except Exception as exc:
+        return failure(exc)
