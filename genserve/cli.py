@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         build = sub.add_parser(name, help=text)
         _common(build)
         build.add_argument("family", choices=FAMILIES)
-        build.add_argument("--name", help="model name in the repository (default: the family)")
+        build.add_argument("--name", help="model name in the repository (default: the family, cvae when conditional)")
         build.add_argument("--epochs", type=int, help="training epochs")
         build.add_argument("--data", type=Path, help="directory with full MNIST IDX files")
         build.add_argument("--limit", type=int, help="use only the first N digits")
@@ -164,10 +164,45 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
-    from genserve.export.cli import build
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Train only, checkpointing every epoch; a later `export` resumes from the checkpoint."""
+    from genserve.export.data import load_mnist, train_heldout_split
+    from genserve.export.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, HELDOUT_FRACTION
+    from genserve.export.train import train_vae
 
-    return build(args, settings)
+    images, labels = load_mnist(args.data, limit=args.limit, seed=args.seed)
+    x_train, y_train, _, _ = train_heldout_split(images, labels, HELDOUT_FRACTION, args.seed)
+    result = train_vae(_vae_config(args), x_train, y_train, epochs=args.epochs or DEFAULT_EPOCHS,
+                       batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR, seed=args.seed,
+                       checkpoint_dir=_checkpoints(args))
+    print(f"trained {len(result.history)} epochs; final loss {result.history[-1]:.2f} nats/image; "
+          f"checkpoint in {_checkpoints(args)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Train (resuming the checkpoint), evaluate, export to ONNX, publish the next version."""
+    from genserve.export.pipeline import DEFAULT_EPOCHS, build_vae
+
+    path = build_vae(settings.model_repository, name=_model_name(args), config=_vae_config(args),
+                     epochs=args.epochs or DEFAULT_EPOCHS, seed=args.seed, data_path=args.data,
+                     limit=args.limit, checkpoint_dir=_checkpoints(args))
+    print(f"published {path}")
+    return 0
+
+
+def _vae_config(args: argparse.Namespace) -> Any:
+    from genserve.export.models.vae import VAEConfig
+
+    return VAEConfig(num_classes=10 if args.conditional else 0)
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    return args.name or ("c" + args.family if args.conditional else args.family)
+
+
+def _checkpoints(args: argparse.Namespace) -> Path:
+    return args.checkpoints / _model_name(args)
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -193,8 +228,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
-            "export": cmd_build, "models": cmd_models, "generate": cmd_generate}
+COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_train,
+            "export": cmd_export, "models": cmd_models, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,9 @@ def parse_model_ref(ref: str) -> tuple[str, str | None]:
     """Split "name" or "name:version" and validate both parts."""
     if not isinstance(ref, str) or not ref:
         raise InvalidArgumentError("model must be a name such as 'vae' or 'vae:1', got ''")
-    name, _, version = ref.partition(":")
+    name, colon, version = ref.partition(":")
+    if colon and not version:
+        raise InvalidArgumentError(f"model version after ':' must be a positive integer, got {ref[:80]!r}")
     if not NAME_RE.match(name):
         raise InvalidArgumentError(
             f"model name must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_'), "

@@ -30,11 +30,11 @@ def to_wire(array: np.ndarray) -> dict[str, Any]:
     return {"shape": list(array.shape), "dtype": array.dtype.name, "data": array.tobytes()}
 
 
-def from_wire(wire: dict[str, Any]) -> np.ndarray:
+def from_wire(wire: dict[str, Any], field: str = "tensor") -> np.ndarray:
     if wire["dtype"] not in _WIRE_DTYPES:
-        raise InvalidArgumentError(f"tensor dtype must be one of {sorted(_WIRE_DTYPES)}, got {wire['dtype']!r}")
+        raise InvalidArgumentError(f"{field}.dtype must be one of {sorted(_WIRE_DTYPES)}, got {wire['dtype']!r}")
     dtype = np.dtype(wire["dtype"]).newbyteorder("<")
-    return _view(wire["data"], [int(d) for d in wire["shape"]], dtype)
+    return _view(wire["data"], [int(d) for d in wire["shape"]], dtype, field)
 
 
 def to_proto(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:

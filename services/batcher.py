@@ -21,7 +21,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from genserve.errors import QueueFullError
+from genserve.errors import ModelNotReadyError, QueueFullError
 from genserve.settings import BatchingSettings
 
 # Sends one batch: (requests, latest deadline as a wall-clock time) -> task result.
@@ -65,8 +65,11 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self.stats = BatchStats()
+        self._closed = False
 
     def submit(self, request: dict[str, Any], samples: int, deadline: float) -> asyncio.Future:
+        if self._closed:
+            raise ModelNotReadyError(f"{self.name}: the gateway is shutting down")
         if self._pending >= self._max_pending:
             raise QueueFullError(
                 f"{self.name}: {self._pending} requests already pending in this gateway "
@@ -80,7 +83,7 @@ class Batcher:
         return waiting.future
 
     def _schedule(self) -> None:
-        if not self._queue:
+        if not self._queue or self._closed:
             return
         loop = asyncio.get_running_loop()
         if self._inflight < self._max_inflight:
@@ -94,7 +97,10 @@ class Batcher:
 
     def _flush(self, forced: bool) -> None:
         self._flush_scheduled = False
-        if forced:
+        if self._timer is not None:
+            # The timer was armed for the head of the queue then; that request may be sent by
+            # now, so _schedule re-arms it for the new head instead of forcing out a newcomer.
+            self._timer.cancel()
             self._timer = None
         while self._queue and (forced or self._inflight < self._max_inflight):
             batch = self._take()
@@ -149,6 +155,16 @@ class Batcher:
             self._schedule()
 
     async def close(self) -> None:
+        """Stop: queued requests fail with UNAVAILABLE, in-flight batches are cancelled."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            waiting = self._queue.popleft()
+            self._pending -= 1
+            if not waiting.future.done():
+                waiting.future.set_exception(ModelNotReadyError(f"{self.name}: the gateway is shutting down"))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -91,7 +91,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def _info(self, manifest: Manifest) -> models_pb2.ModelInfo:
         serving = manifest.files["model"]
-        providers = [s.provider for s in self.dispatcher.stats(manifest.ref) if s.provider]
+        stats = self.dispatcher.stats(manifest.ref)
+        providers = [s.provider for s in stats if s.provider]
+        batch_stats = models_pb2.BatchStats()
+        for s in stats:
+            for size, n in s.requests_per_batch.items():
+                batch_stats.requests_per_message[size] += n
+            for size, n in s.onnx_calls.items():
+                batch_stats.samples_per_onnx_call[size] += n
 
         def spec(t: object) -> models_pb2.TensorSpec:
             return models_pb2.TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype)
@@ -103,7 +110,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             labels=manifest.labels, metrics=manifest.metrics, sha256=serving.sha256,
             latent_dim=manifest.latent_dim, max_batch_size=manifest.serving.max_batch_size,
             execution_provider=providers[0] if providers else "",
-            manifest_json=json.dumps(manifest.model_dump()),
+            manifest_json=json.dumps(manifest.model_dump()), batch_stats=batch_stats,
         )
 
 

@@ -44,9 +44,9 @@ def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, stats: Bat
     parts: dict[str, list[np.ndarray]] = {name: [] for name in model.output_names}
     for start in range(0, total, max_batch):
         chunk = {name: array[start : start + max_batch] for name, array in stacked.items()}
-        stats.calls.append(len(next(iter(chunk.values()))))
         for name, out in model.run(chunk).items():
             parts[name].append(out)
+        stats.calls.append(len(next(iter(chunk.values()))))  # calls that ran, not attempts
     merged = {name: np.concatenate(p) if len(p) > 1 else p[0] for name, p in parts.items()}
     bounds = np.cumsum([0] + sizes)
     return [{name: out[a:b] for name, out in merged.items()} for a, b in zip(bounds[:-1], bounds[1:])]

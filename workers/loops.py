@@ -39,7 +39,7 @@ def generate_images(loaded: LoadedModel, requests: list[dict[str, Any]], stats: 
 
     def prepare(request: dict[str, Any]) -> Feeds:
         if request.get("latents") is not None:
-            z = from_wire(request["latents"]).astype(np.float32)
+            z = from_wire(request["latents"], "latents").astype(np.float32)
             if z.ndim != 2 or z.shape[1] != dim or not np.isfinite(z).all():
                 raise InvalidArgumentError(f"latents must be finite float32 (n, {dim}), got {z.shape}")
         else:

@@ -16,8 +16,30 @@ class TensorSpec(_message.Message):
     dtype: str
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
+class BatchStats(_message.Message):
+    __slots__ = ("requests_per_message", "samples_per_onnx_call")
+    class RequestsPerMessageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class SamplesPerOnnxCallEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    REQUESTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_ONNX_CALL_FIELD_NUMBER: _ClassVar[int]
+    requests_per_message: _containers.ScalarMap[int, int]
+    samples_per_onnx_call: _containers.ScalarMap[int, int]
+    def __init__(self, requests_per_message: _Optional[_Mapping[int, int]] = ..., samples_per_onnx_call: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "loop", "description", "rpcs", "inputs", "outputs", "labels", "metrics", "sha256", "latent_dim", "max_batch_size", "execution_provider", "manifest_json")
+    __slots__ = ("name", "version", "kind", "loop", "description", "rpcs", "inputs", "outputs", "labels", "metrics", "sha256", "latent_dim", "max_batch_size", "execution_provider", "manifest_json", "batch_stats")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +62,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    BATCH_STATS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kind: str
@@ -55,7 +78,8 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     execution_provider: str
     manifest_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., loop: _Optional[str] = ..., description: _Optional[str] = ..., rpcs: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., latent_dim: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    batch_stats: BatchStats
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., loop: _Optional[str] = ..., description: _Optional[str] = ..., rpcs: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., latent_dim: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., manifest_json: _Optional[str] = ..., batch_stats: _Optional[_Union[BatchStats, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

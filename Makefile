@@ -1,0 +1,51 @@
+# genserve: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything is installed into .venv from PyPI; only Python 3.10+ is assumed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: 2.13.0's CPU wheel lies on our machines' disks; letting pip choose
+# another version would download a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# cpu: onnxruntime; gpu: onnxruntime-gpu (CUDA execution provider).
+RUNTIME ?= cpu
+REPO   ?= model_repository
+PORT   ?= 0
+
+.PHONY: install demo test models bench proto compose-check clean
+
+install: $(VENV)/.installed-$(RUNTIME)
+
+$(VENV)/.installed-$(RUNTIME): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(RUNTIME),train,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## demo: install, build the VAE if the repository lacks it, start the service on its embedded
+## default, generate a grid of 64 digits through gRPC into digits.png, stop.
+demo: install
+	GENSERVE_MODEL_REPOSITORY=$(REPO) scripts/demo.sh
+
+## test: install and run the whole test suite (starts redis-server when nothing answers).
+test: install
+	scripts/test.sh
+
+## models: build the default model zoo into $(REPO) (skips models that already exist).
+models: install
+	GENSERVE_MODEL_REPOSITORY=$(REPO) scripts/models.sh
+
+## bench: start Redis + gateway + workers as separate processes and print the tables.
+bench: install models
+	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench
+
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto
+
+compose-check:
+	docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml is valid"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
