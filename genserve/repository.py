@@ -232,6 +232,7 @@ def publish(
         if not manifest.created:
             manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it 0700; workers may run as another user
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
