@@ -22,7 +22,8 @@ from genserve.export.evaluate import ElboReport, heldout_neg_elbo, sample_grid_p
 from genserve.export.models.vae import VAE, VAE_SPEC, VAEConfig
 from genserve.export.onnx_export import OPSET, ExportResult, export_model
 from genserve.export.train import train_vae
-from genserve.repository import ImageSpec, Manifest, OnnxFile, next_version, publish
+from genserve.export.models import FAMILIES, ModelSpec
+from genserve.repository import ImageSpec, Manifest, ModelRepository, OnnxFile, next_version, publish
 
 # Defaults: the full build (4,500 training digits) takes about a minute on 2 CPU cores.
 DEFAULT_EPOCHS = 50
@@ -30,6 +31,7 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 1e-3
 HELDOUT_FRACTION = 0.1
 GRID_SAMPLES = 64  # prior samples in samples.png, 8 per row
+WEIGHTS = "weights.pt"  # PyTorch state dict + config, beside the ONNX files
 
 
 def build_vae(
@@ -80,9 +82,28 @@ def build_vae(
     with tempfile.TemporaryDirectory(prefix="genserve-export-") as tmp:
         exported = export_model(VAE_SPEC, result.model, Path(tmp))
         grid = sample_grid_png(prior_samples(result.model, GRID_SAMPLES, seed), Path(tmp) / "s.png")
+        weights = save_weights(VAE_SPEC, config, result.model, Path(tmp) / WEIGHTS)
         version = next_version(Path(repo_root), name)
         manifest = vae_manifest(name, version, config, exported, report, training)
-        return publish(repo_root, manifest, exported.paths, {"samples.png": grid})
+        return publish(repo_root, manifest, exported.paths, {"samples.png": grid, WEIGHTS: weights})
+
+
+def save_weights(spec: ModelSpec, config: Any, model: torch.nn.Module, path: Path) -> Path:
+    """The PyTorch weights with their config, so the exact model can be rebuilt (fine-tuning,
+    PyTorch-eager baselines) from the repository alone."""
+    torch.save({"kind": spec.kind, "config": asdict(config), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def load_published(repository: ModelRepository, manifest: Manifest, role: str = "model") -> torch.nn.Module:
+    """Rebuild a published version in PyTorch and return the module behind graph `role`."""
+    path = repository.root / manifest.name / manifest.version / WEIGHTS
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = FAMILIES[saved["kind"]]
+    model = spec.build(spec.config_class(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return spec.graphs(model)[role].module
 
 
 def prior_samples(model: VAE, n: int, seed: int) -> torch.Tensor:
