@@ -31,8 +31,10 @@ class BatchingSettings(BaseModel):
 
     enabled: bool = True  # off: one task message per request (for comparison)
     max_batch_samples: int = 256  # samples in one task message
-    max_queue_delay_ms: float = 2.0  # a request never waits longer than this for company
-    max_inflight_batches: int = 2  # per model per gateway; more waiting requests form the next batch
+    max_queue_delay_ms: float = 5.0  # a request never waits longer than this for a free slot
+    # Messages in flight per model per gateway before requests wait and group. 1 measured best
+    # with one worker (make bench); with N worker processes on a model, N keeps them all busy.
+    max_inflight_batches: int = 1
 
 
 class WorkerSettings(BaseModel):

@@ -3,7 +3,7 @@
 Two backends run the same worker code (`genserve.workers.tasks.execute`):
 
 - `CeleryBackend` (distributed): publishes a Celery task to the model's queue with the
-  batch's deadline as its expiry, and waits for the Redis result backend's publish of the
+  batch's deadline as its expiry (asynchronously, `TaskPublisher`), and waits for the Redis result backend's publish of the
   result on the task's channel, asynchronously. Celery's own `AsyncResult.get()` would block
   a thread and poll; here one pub/sub connection per gateway resolves every waiter, and a
   sweep re-reads stored results in case a publish was missed (reconnect, race).
@@ -13,7 +13,11 @@ Two backends run the same worker code (`genserve.workers.tasks.execute`):
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import os
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -73,8 +77,7 @@ class ResultListener:
         self._idle_channel = f"genserve:gateway:{uuid.uuid4().hex}"
 
     async def expect(self, key: str) -> asyncio.Future:
-        if self._task is None:
-            await self._pubsub.subscribe(self._idle_channel)
+        if self._task is None:  # set before any await: exactly one listener per gateway
             self._task = asyncio.get_running_loop().create_task(self._listen())
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = (future, time.monotonic())
@@ -93,6 +96,7 @@ class ResultListener:
         task.add_done_callback(self._background.discard)
 
     async def _listen(self) -> None:
+        await self._pubsub.subscribe(self._idle_channel)
         last_sweep = time.monotonic()
         while True:
             try:
@@ -129,6 +133,48 @@ class ResultListener:
         await self._pubsub.aclose()
 
 
+class TaskPublisher:
+    """Publishes Celery task messages (protocol 2) with one asynchronous LPUSH.
+
+    Celery's `send_task` is synchronous: each call blocks the event loop for a Redis round
+    trip, which on a loaded machine waits for Redis to be scheduled. Here Celery itself builds
+    the message (`app.amqp.as_task_v2`, kombu's serializer) and only the LPUSH is ours, on
+    the gateway's asyncio Redis client: the same bytes kombu's Redis transport writes for an
+    anonymous-exchange publish, so any Celery worker consumes them.
+    """
+
+    def __init__(self, app: Any, client: Any) -> None:
+        from kombu.serialization import dumps
+
+        self._app = app
+        self._client = client
+        self._dumps = dumps
+        self._origin = f"genserve-gateway@{socket.gethostname()}:{os.getpid()}"
+
+    def encode(self, task_id: str, queue: str, payload: dict[str, Any], deadline: float) -> bytes:
+        from genserve.workers.tasks import TASK_NAME
+
+        message = self._app.amqp.as_task_v2(
+            task_id, TASK_NAME, args=[payload], kwargs={},
+            expires=datetime.fromtimestamp(deadline, tz=timezone.utc),
+            origin=self._origin, argsrepr=f"[<{len(payload['requests'])} requests for {payload['model']}>]",
+            kwargsrepr="{}",
+        )
+        content_type, encoding, body = self._dumps(message.body, serializer="msgpack")
+        properties = dict(message.properties)
+        properties.update(
+            delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=uuid.uuid4().hex,
+            delivery_info={"exchange": "", "routing_key": queue},
+        )
+        return json.dumps({
+            "body": base64.b64encode(body).decode(), "content-encoding": encoding,
+            "content-type": content_type, "headers": message.headers, "properties": properties,
+        }).encode()
+
+    async def publish(self, task_id: str, queue: str, payload: dict[str, Any], deadline: float) -> None:
+        await self._client.lpush(queue, self.encode(task_id, queue, payload, deadline))
+
+
 class CeleryBackend:
     """Distributed mode: Celery tasks over Redis, results read asynchronously."""
 
@@ -140,17 +186,15 @@ class CeleryBackend:
 
         from genserve.workers.app import create_app
 
-        self._app = create_app(settings, with_results=False)
         self._redis = redis.asyncio.from_url(settings.backend_url)
         self._broker = redis.asyncio.from_url(settings.broker_url)
+        self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
         self._listener = ResultListener(self._redis)
         self._loads = loads
         self._max_depth = settings.gateway.max_queue_depth
         self._depth: dict[str, tuple[int, float]] = {}
 
     async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
-        from genserve.workers.tasks import TASK_NAME
-
         task_id = uuid.uuid4().hex
         key = RESULT_PREFIX + task_id
         try:
@@ -159,13 +203,7 @@ class CeleryBackend:
             raise BrokerUnavailableError(f"result backend unreachable: {exc}") from exc
         try:
             try:
-                self._app.send_task(
-                    TASK_NAME,
-                    args=[{"model": ref, "op": op, "requests": requests}],
-                    task_id=task_id,
-                    queue=queue,
-                    expires=datetime.fromtimestamp(deadline, tz=timezone.utc),
-                )
+                await self._publisher.publish(task_id, queue, {"model": ref, "op": op, "requests": requests}, deadline)
             except Exception as exc:
                 raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
             data = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.time()))
