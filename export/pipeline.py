@@ -106,6 +106,24 @@ def load_published(repository: ModelRepository, manifest: Manifest, role: str = 
     return spec.graphs(model)[role].module
 
 
+def train_vae_only(
+    config: VAEConfig,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    data_path: Path | None = None,
+    limit: int | None = None,
+    checkpoint_dir: Path,
+    progress: bool = True,
+) -> Path:
+    """Train (resuming), checkpoint every epoch, publish nothing; returns the checkpoint dir."""
+    images, labels = load_mnist(data_path, limit=limit, seed=seed)
+    x_train, y_train, _, _ = train_heldout_split(images, labels, HELDOUT_FRACTION, seed)
+    train_vae(config, x_train, y_train, epochs=epochs, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR,
+              seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
+    return Path(checkpoint_dir)
+
+
 def prior_samples(model: VAE, n: int, seed: int) -> torch.Tensor:
     """n decoded prior draws (n, C, H, W); a conditional model cycles through its classes."""
     classes = model.config.num_classes

@@ -22,8 +22,6 @@ from typing import Any
 
 from genserve.settings import Settings
 
-FAMILIES = ("vae",)
-
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, help="model repository root (GENSERVE_MODEL_REPOSITORY)")
@@ -60,10 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("export", "train if needed, export to ONNX, publish to the repository")):
         build = sub.add_parser(name, help=text)
         _common(build)
-        build.add_argument("family", choices=FAMILIES)
+        build.add_argument("family", help="model family, e.g. vae")
         build.add_argument("--name", help="model name in the repository (default: the family, cvae when conditional)")
         build.add_argument("--epochs", type=int, help="training epochs")
-        build.add_argument("--data", type=Path, help="directory with full MNIST IDX files")
+        build.add_argument("--data", type=Path, help="your own data set (for vae: a directory with MNIST IDX files)")
         build.add_argument("--limit", type=int, help="use only the first N digits")
         build.add_argument("--conditional", action="store_true", help="class-conditional model")
         build.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="checkpoint directory")
@@ -164,45 +162,22 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    """Train only, checkpointing every epoch; a later `export` resumes from the checkpoint."""
-    from genserve.export.data import load_mnist, train_heldout_split
-    from genserve.export.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, HELDOUT_FRACTION
-    from genserve.export.train import train_vae
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    """`train`: train and checkpoint; `export`: train (resuming), evaluate, export, publish."""
+    from genserve.export.builders import BUILDERS, CONDITIONAL_NAMES, BuildOptions
 
-    images, labels = load_mnist(args.data, limit=args.limit, seed=args.seed)
-    x_train, y_train, _, _ = train_heldout_split(images, labels, HELDOUT_FRACTION, args.seed)
-    result = train_vae(_vae_config(args), x_train, y_train, epochs=args.epochs or DEFAULT_EPOCHS,
-                       batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR, seed=args.seed,
-                       checkpoint_dir=_checkpoints(args))
-    print(f"trained {len(result.history)} epochs; final loss {result.history[-1]:.2f} nats/image; "
-          f"checkpoint in {_checkpoints(args)}")
+    if args.family not in BUILDERS:
+        print(f"unknown model family {args.family!r}; families: {', '.join(sorted(BUILDERS))}", file=sys.stderr)
+        return 2
+    name = args.name or (CONDITIONAL_NAMES.get(args.family, f"c{args.family}") if args.conditional else args.family)
+    options = BuildOptions(
+        repo_root=settings.model_repository, name=name, checkpoint_dir=args.checkpoints / name,
+        epochs=args.epochs, seed=args.seed, data_path=args.data, limit=args.limit,
+        conditional=args.conditional, train_only=args.command == "train",
+    )
+    path = BUILDERS[args.family](options)
+    print(f"{'checkpoint in' if options.train_only else 'published'} {path}")
     return 0
-
-
-def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    """Train (resuming the checkpoint), evaluate, export to ONNX, publish the next version."""
-    from genserve.export.pipeline import DEFAULT_EPOCHS, build_vae
-
-    path = build_vae(settings.model_repository, name=_model_name(args), config=_vae_config(args),
-                     epochs=args.epochs or DEFAULT_EPOCHS, seed=args.seed, data_path=args.data,
-                     limit=args.limit, checkpoint_dir=_checkpoints(args))
-    print(f"published {path}")
-    return 0
-
-
-def _vae_config(args: argparse.Namespace) -> Any:
-    from genserve.export.models.vae import VAEConfig
-
-    return VAEConfig(num_classes=10 if args.conditional else 0)
-
-
-def _model_name(args: argparse.Namespace) -> str:
-    return args.name or ("c" + args.family if args.conditional else args.family)
-
-
-def _checkpoints(args: argparse.Namespace) -> Path:
-    return args.checkpoints / _model_name(args)
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,8 +203,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_train,
-            "export": cmd_export, "models": cmd_models, "generate": cmd_generate}
+COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
+            "export": cmd_build, "models": cmd_models, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

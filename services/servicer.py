@@ -51,13 +51,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @unary
     async def Denoise(self, request: inference_pb2.DenoiseRequest, context: grpc.aio.ServicerContext) -> inference_pb2.DenoiseResponse:
-        validation.require_rpc(self.catalog.resolve(request.model), "Denoise")
-        raise _later("Denoise", "the image-models issue (denoising autoencoder)")
+        manifest = self.catalog.resolve(request.model)
+        params = validation.denoise(request, manifest, self.settings.limits)
+        outcome = await self.dispatcher.submit(manifest, "denoise", params.to_task(), params.samples(), self._timeout(context))
+        response = inference_pb2.DenoiseResponse(model=manifest.ref)
+        if "images" in outcome:
+            _tensor(outcome["images"], response.images)
+        response.png.extend(outcome.get("png", []))
+        return response
 
     @unary
     async def Classify(self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ClassifyResponse:
-        validation.require_rpc(self.catalog.resolve(request.model), "Classify")
-        raise _later("Classify", "the image-models and transformers issues (classifiers)")
+        manifest = self.catalog.resolve(request.model)
+        if manifest.loop == "text_classifier":
+            params = validation.classify_texts(request, manifest, self.settings.limits)
+        else:
+            params = validation.classify_images(request, manifest, self.settings.limits)
+        outcome = await self.dispatcher.submit(manifest, "classify", params.to_task(), params.samples(), self._timeout(context))
+        response = inference_pb2.ClassifyResponse(model=manifest.ref)
+        for top in outcome["top"]:  # per input: [[label index, probability], ...], best first
+            prediction = response.predictions.add()
+            for index, score in top:
+                prediction.top.add(label=manifest.labels[index], index=index, score=score)
+        return response
 
     @streaming
     async def GenerateText(self, request: inference_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.GenerateTextChunk]:

@@ -135,6 +135,83 @@ def generate_images(request: inference_pb2.GenerateImagesRequest, manifest: Mani
     return _validate(GenerateImagesInput, raw, manifest, limits)
 
 
+class ImagesInput(BaseModel):
+    """Images for Denoise or Classify, checked against the model's image layout."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    images: np.ndarray  # (N, C, H, W) float32
+    tensor: bool = True
+    png: bool = False
+    top_k: int = 1
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, images: np.ndarray, info: ValidationInfo) -> np.ndarray:
+        manifest: Manifest = info.context["manifest"]
+        limit = info.context["limits"].max_images
+        spec = manifest.image
+        want = (spec.channels, spec.height, spec.width)
+        if images.ndim == 3 and spec.channels == 1:
+            images = images[:, None]
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(f"images must have shape (n, {', '.join(map(str, want))}), got {tuple(images.shape)}")
+        if not 1 <= len(images) <= limit:
+            raise ValueError(f"the number of images must be 1..{limit}, got {len(images)}")
+        if images.dtype != np.float32:
+            raise ValueError(f"images must be DTYPE_FLOAT32, got {images.dtype.name}")
+        if not np.isfinite(images).all():
+            raise ValueError("images must be finite (no NaN or infinity)")
+        return images
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, top_k: int, info: ValidationInfo) -> int:
+        labels = len(info.context["manifest"].labels)
+        if top_k == 0:
+            return 1
+        if not 1 <= top_k <= max(labels, 1):
+            raise ValueError(f"top_k must be 1..{labels}, got {top_k}")
+        return top_k
+
+    def samples(self) -> int:
+        return len(self.images)
+
+    def to_task(self) -> dict[str, Any]:
+        return {"images": to_wire(self.images), "tensor": self.tensor, "png": self.png, "top_k": self.top_k}
+
+
+def _images_from(tensor: Any, pngs: Any, manifest: Manifest) -> np.ndarray:
+    if tensor.shape:
+        return from_proto(tensor, "images")
+    if pngs:
+        from genserve.tensors import png_decode
+
+        channels = manifest.image.channels if manifest.image else 1
+        decoded = [png_decode(p, channels, f"png[{i}]") for i, p in enumerate(pngs)]
+        if len({d.shape for d in decoded}) != 1:
+            raise InvalidArgumentError("all PNG images must have the same size")
+        return np.stack(decoded)
+    raise InvalidArgumentError("give images as a tensor or as PNGs; both are empty")
+
+
+def denoise(request: inference_pb2.DenoiseRequest, manifest: Manifest, limits: LimitSettings) -> ImagesInput:
+    require_rpc(manifest, "Denoise")
+    if request.encoding not in _ENCODINGS:
+        raise InvalidArgumentError(f"encoding must be one of {sorted(_ENCODINGS)}, got {request.encoding}")
+    tensor, png = _ENCODINGS[request.encoding]
+    raw = {"images": _images_from(request.images, request.png, manifest), "tensor": tensor, "png": png}
+    return _validate(ImagesInput, raw, manifest, limits)
+
+
+def classify_images(request: inference_pb2.ClassifyRequest, manifest: Manifest, limits: LimitSettings) -> ImagesInput:
+    require_rpc(manifest, "Classify")
+    if request.texts:
+        raise InvalidArgumentError(f"model {manifest.ref} classifies images; texts were given")
+    raw = {"images": _images_from(request.images, request.png, manifest), "top_k": request.top_k}
+    return _validate(ImagesInput, raw, manifest, limits)
+
+
 def _validate(schema: type[BaseModel], raw: dict[str, Any], manifest: Manifest, limits: LimitSettings) -> Any:
     try:
         return schema.model_validate(raw, context={"manifest": manifest, "limits": limits})
@@ -158,3 +235,11 @@ def timeout_from(remaining: float | None, default_s: float) -> float:
     if remaining <= 0:
         raise DeadlineExceededError("the request's deadline had passed when it arrived")
     return remaining
+
+
+def classify_texts(request: inference_pb2.ClassifyRequest, manifest: Manifest, limits: LimitSettings) -> Any:
+    """Texts for a text classifier; lands with the transformers issue."""
+    require_rpc(manifest, "Classify")
+    from genserve.errors import NotImplementedYetError
+
+    raise NotImplementedYetError("text classification is not implemented yet; it arrives with the transformers issue")
