@@ -46,7 +46,10 @@ class WorkerSettings(BaseModel):
     io_binding: bool = True  # bind inputs/outputs explicitly on CUDA (no effect on the CPU)
     concurrency: int = 1  # processes per worker (1 runs in the consumer process, lowest latency)
     prefetch_multiplier: int = 1  # messages reserved per process beyond the one running
-    visibility_timeout_s: int = 300  # an unacked message returns to the queue after this
+    # A message a worker took but never acked (the worker died) goes back to the queue after
+    # this many seconds; the default matches the gateway's default request deadline.
+    visibility_timeout_s: int = 30
+    restore_interval_s: int = 2  # how often workers look for such messages
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
 
     @field_validator("queues", mode="before")

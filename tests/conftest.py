@@ -52,8 +52,8 @@ def distributed_settings(repo: Path, redis_url: str, prefix: str, **overrides: o
 class WorkerProcess:
     """`genserve worker` as a child process, as an operator runs it."""
 
-    def __init__(self, repo: Path, redis_url: str, prefix: str, *extra: str) -> None:
-        env = dict(os.environ, GENSERVE_QUEUE_PREFIX=prefix, PYTHONUNBUFFERED="1")
+    def __init__(self, repo: Path, redis_url: str, prefix: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, GENSERVE_QUEUE_PREFIX=prefix, PYTHONUNBUFFERED="1", **(env or {}))
         argv = [sys.executable, "-m", "genserve", "worker", "--broker-url", redis_url,
                 "--repository", str(repo), "--log-level", "WARNING", "--threads", "1", *extra]
         self.log = open(Path(repo).parent / f"worker-{prefix}-{time.monotonic_ns()}.log", "w+")

@@ -41,7 +41,8 @@ class GatewayThread:
         self.thread.start()
         self.gateway = self.call(create_server(self.settings))
         self.address = f"127.0.0.1:{self.gateway.port}"
-        self.channel = grpc.insecure_channel(self.address)
+        # 4096 images are 12.8 MB: raise the client's 4 MB default like the gateway's limit.
+        self.channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 64 << 20)])
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         return self

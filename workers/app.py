@@ -35,7 +35,13 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.worker.prefetch_multiplier,
-        broker_transport_options={"visibility_timeout": settings.worker.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.worker.visibility_timeout_s,
+            # kombu scans for abandoned messages every interval x throttle seconds (100 s by
+            # default); scan every interval instead so a dead worker's batch returns quickly.
+            "unacked_restore_interval": settings.worker.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
         result_expires=settings.result_expires_s,
         task_default_queue=f"{settings.queue_prefix}.default",
         broker_connection_retry_on_startup=True,
