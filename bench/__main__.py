@@ -67,16 +67,18 @@ class Stack:
         time.sleep(0.5)
         return f"redis://127.0.0.1:{port}/0"
 
-    def _spawn(self, name: str, *argv: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
-        return subprocess.Popen([*GENSERVE, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen([*GENSERVE, *argv], env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
 
-    def start_gateway(self, batching: bool) -> str:
+    def start_gateway(self, batching: bool, env: dict[str, str] | None = None) -> str:
         self.stop_gateway()
         port = free_port()
         flags = [] if batching else ["--no-batching"]
         self.gateway = self._spawn(f"gateway-{'on' if batching else 'off'}", "gateway", "--broker-url",
-                                   self.redis_url, "--repository", str(self.repository), "--port", str(port), *flags)
+                                   self.redis_url, "--repository", str(self.repository), "--port", str(port),
+                                   *flags, env=env)
         address = f"127.0.0.1:{port}"
         grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=60)
         return address
@@ -130,6 +132,28 @@ def bench_service(stack: Stack, model: str, op: str, args: argparse.Namespace) -
     return rows, histograms
 
 
+# (batches in flight per gateway, max queue delay ms) compared by --sweep.
+SWEEP = [(1, 0.0), (1, 2.0), (1, 5.0), (1, 10.0), (2, 2.0), (2, 5.0), (4, 5.0)]
+
+
+def sweep(stack: Stack, model: str, op: str, concurrency: int, args: argparse.Namespace) -> list[dict]:
+    """The batching knobs side by side at one concurrency, each with its mean batch size."""
+    rows = []
+    for inflight, delay in SWEEP:
+        env = {"GENSERVE_BATCHING__MAX_INFLIGHT_BATCHES": str(inflight),
+               "GENSERVE_BATCHING__MAX_QUEUE_DELAY_MS": str(delay)}
+        address = stack.start_gateway(True, env)
+        load(address, op, model, 1, argparse.Namespace(warmup=1.0, duration=0.5))
+        result = load(address, op, model, concurrency, args)
+        hist = batch_stats(address, model)["requests_per_message"]
+        mean = sum(k * v for k, v in hist.items()) / max(1, sum(hist.values()))
+        rows.append({"system": f"in flight {inflight}, delay {delay:g} ms", "concurrency": concurrency,
+                     "mean_batch": mean, **result})
+        print(report.row_line(model, rows[-1]) + f"  mean batch {mean:.1f}", flush=True)
+    stack.stop_gateway()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_REPOSITORY", "model_repository")))
@@ -142,6 +166,8 @@ def main() -> None:
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt", "auto"])
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--sweep", type=int, metavar="CONCURRENCY",
+                        help="compare batching settings at this concurrency instead of the main table")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     repository = ModelRepository(args.repository)
@@ -150,7 +176,11 @@ def main() -> None:
     print(report.HEADER, flush=True)
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "models": {}}
     try:
-        for model in args.models.split(","):
+        models = [] if args.sweep else args.models.split(",")
+        if args.sweep:
+            model = args.models.split(",")[0]
+            results["sweep"] = sweep(stack, model, MODELS[model], args.sweep, args)
+        for model in models:
             manifest = repository.resolve(model)
             rows, histograms = bench_service(stack, model, MODELS[model], args)
             for row in inprocess.bench(repository, manifest, args.provider, args.threads, args.duration):
@@ -159,7 +189,10 @@ def main() -> None:
             results["models"][model] = {"rows": rows, "histograms": histograms}
     finally:
         stack.close()
-    report.write(results, args.out)
+    if "sweep" in results:
+        report.write_sweep(results, args.out)
+    else:
+        report.write(results, args.out)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,16 @@ def write(results: dict[str, Any], out: Path) -> None:
     print()
     print(markdown(results))
     print(f"written: {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'results.png'}" if plotted else ""))
+
+
+def write_sweep(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# batching settings compared", "", "| setting | concurrency | req/s | p50 ms | p99 ms | mean requests per message |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results["sweep"]:
+        lines.append(f"| {r['system']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (out / "sweep.md").write_text(text)
+    (out / "sweep.json").write_text(json.dumps(results, indent=2))
+    print()
+    print(text)
