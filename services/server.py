@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from genserve.repository import ModelRepository
 from genserve.services.dispatch import Dispatcher
@@ -42,6 +42,23 @@ class Gateway:
         await self.dispatcher.close()
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection as v1alpha (what grpcio ships) and as v1 (what newer clients ask
+    first): the two protocols have identical messages, so one servicer answers both."""
+    servicer = reflection.aio.ReflectionServicer(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),))
+
+
 async def create_server(settings: Settings, dispatcher: Dispatcher | None = None) -> Gateway:
     """Build and start the gateway; with port 0 the OS picks a free port."""
     limit = settings.gateway.max_message_mb * 1024 * 1024
@@ -57,7 +74,7 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection(server)
     port = server.add_insecure_port(f"{settings.gateway.host}:{settings.gateway.port}")
     if port == 0:
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")

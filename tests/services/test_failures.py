@@ -128,3 +128,18 @@ def test_embedded_mode_serves_the_same_bytes_as_the_distributed_one(embedded, ga
     local = embedded.inference.GenerateImages(request, timeout=30)
     remote = gateway.inference.GenerateImages(request, timeout=30)
     assert local.images.data == remote.images.data and local.seed == 77
+
+
+def test_reflection_answers_on_v1_and_v1alpha(gateway):
+    """Clients that ask grpc.reflection.v1 first (grpcurl, Postman) get the same answer as v1alpha."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    channel = grpc.insecure_channel(gateway.address)
+    for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+        call = channel.stream_stream(f"/{package}.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        (answer,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        names = {s.name for s in answer.list_services_response.service}
+        assert {"genserve.v1.InferenceService", "genserve.v1.ModelService", "grpc.health.v1.Health"} <= names
+    channel.close()
