@@ -37,6 +37,7 @@ RESULT_PREFIX = "celery-task-meta-"
 class Backend(Protocol):
     async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]: ...
     async def check_capacity(self, queue: str) -> None: ...
+    async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -57,6 +58,9 @@ class LocalBackend:
 
     async def check_capacity(self, queue: str) -> None:
         return None
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -239,6 +243,14 @@ class CeleryBackend:
             raise QueueFullError(
                 f"queue {queue} holds {depth} messages (limit {self._max_depth}); retry with backoff"
             )
+
+    async def ping(self) -> bool:
+        """Whether the broker and the result backend both answer."""
+        try:
+            await asyncio.wait_for(asyncio.gather(self._broker.ping(), self._redis.ping()), timeout=2.0)
+            return True
+        except Exception:
+            return False
 
     async def close(self) -> None:
         await self._listener.close()

@@ -33,11 +33,32 @@ class Gateway:
     port: int
     dispatcher: Dispatcher
     health: health.HealthServicer
+    watcher: asyncio.Task | None = None
+
+    HEALTH_INTERVAL_S = 2.0  # how often the broker is pinged for the health status
+
+    async def set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def watch_broker(self) -> None:
+        """NOT_SERVING while the broker does not answer, so load balancers route around us."""
+        serving = True
+        while True:
+            now_serving = await self.dispatcher.backend.ping()
+            if now_serving != serving:
+                log.warning("broker %s: health now %s", "back" if now_serving else "unreachable",
+                            "SERVING" if now_serving else "NOT_SERVING")
+                await self.set_health(now_serving)
+                serving = now_serving
+            await asyncio.sleep(self.HEALTH_INTERVAL_S)
 
     async def stop(self, grace_s: float | None) -> None:
         """Refuse new calls, let in-flight ones finish for `grace_s`, then close the backend."""
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.watcher is not None:
+            self.watcher.cancel()
+        await self.set_health(False)
         await self.server.stop(grace_s)
         await self.dispatcher.close()
 
@@ -79,12 +100,13 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     if port == 0:
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    gateway = Gateway(server, port, dispatcher, health_servicer)
+    await gateway.set_health(True)
+    gateway.watcher = asyncio.get_running_loop().create_task(gateway.watch_broker())
     mode = "embedded (no broker)" if settings.embedded else f"broker {settings.broker_url}"
     log.info("gateway listening on %s:%d, %s, models in %s", settings.gateway.host, port, mode,
              settings.model_repository)
-    return Gateway(server, port, dispatcher, health_servicer)
+    return gateway
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from genserve.settings import GatewaySettings, Settings
@@ -47,7 +48,7 @@ def test_generic_reflection_client_calls_the_service_without_stubs(gateway):
 
 
 def test_broker_down_is_unavailable(repo: Path):
-    """With nothing listening at the broker address the gateway answers UNAVAILABLE at once."""
+    """With nothing listening at the broker address: UNAVAILABLE at once, health NOT_SERVING."""
     settings = Settings(model_repository=repo, broker_url="redis://127.0.0.1:1/0", gateway=GatewaySettings(port=0))
     with GatewayThread(settings) as gw:
         started = time.monotonic()
@@ -56,6 +57,11 @@ def test_broker_down_is_unavailable(repo: Path):
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "unreachable" in info.value.details()
         assert time.monotonic() - started < 10
+        health = health_pb2_grpc.HealthStub(gw.channel)
+        deadline = time.monotonic() + 10
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health stayed SERVING with the broker down"
+            time.sleep(0.2)
 
 
 def test_full_queue_is_resource_exhausted(repo: Path, redis_url: str):
