@@ -40,6 +40,8 @@ models: install
 ## bench: start Redis + gateway + workers as separate processes and print the tables.
 bench: install models
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench
+	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.text
+	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.textclf
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GENSERVE = [sys.executable, "-m", "genserve"]
 
 # Model -> load generator op; models appear here as their issues land.
-MODELS = {"vae": "generate"}
+MODELS = {"vae": "generate", "dae": "denoise", "digits": "classify"}
 
 
 def free_port() -> int:
@@ -55,7 +55,7 @@ class Stack:
         for i in range(args.workers):
             self.processes.append(self._spawn(f"worker{i}", "worker", "--broker-url", self.redis_url,
                                               "--repository", str(repository), "--provider", args.provider,
-                                              "--threads", str(args.threads)))
+                                              "--threads", str(args.threads), "--queues", args.models))
 
     def _start_redis(self) -> str:
         port = free_port()

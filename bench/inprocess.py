@@ -32,6 +32,9 @@ def measure(call: Callable[[], Any], duration_s: float, per_call: int) -> dict[s
 
 
 def example_feeds(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
+    if manifest.loop in ("image_to_image", "image_classifier"):
+        shape = (batch, manifest.image.channels, manifest.image.height, manifest.image.width)
+        return {"image": np.random.default_rng(0).random(shape, dtype=np.float32)}
     feeds = {"z": np.random.default_rng(0).standard_normal((batch, manifest.latent_dim), dtype=np.float32)}
     if manifest.conditional:
         feeds["label"] = np.zeros(batch, dtype=np.int64)

@@ -15,12 +15,25 @@ import time
 import grpc
 import numpy as np
 
-from genserve.v1 import inference_pb2, inference_pb2_grpc
+from genserve.tensors import to_proto
+from genserve.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+
+
+def digit_tensor(seed: int) -> tensor_pb2.Tensor:
+    """One 28x28 grey image (1, 1, 28, 28) float32 in [0, 1]: a seeded noisy stroke, digit-sized."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    image[0, 0, 6:22, 12:16] = 1.0  # a "1"; the load, not the content, is what is measured
+    return to_proto(np.clip(image + rng.normal(0.0, 0.3, image.shape), 0.0, 1.0).astype(np.float32))
 
 
 def make_request(op: str, model: str, seed: int) -> tuple[str, object]:
     if op == "generate":
         return "GenerateImages", inference_pb2.GenerateImagesRequest(model=model, count=1, seed=seed)
+    if op == "denoise":
+        return "Denoise", inference_pb2.DenoiseRequest(model=model, images=digit_tensor(seed))
+    if op == "classify":
+        return "Classify", inference_pb2.ClassifyRequest(model=model, images=digit_tensor(seed), top_k=3)
     raise ValueError(f"unknown op {op!r}")
 
 

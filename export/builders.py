@@ -39,8 +39,74 @@ def build_vae(options: BuildOptions) -> Path:
                               checkpoint_dir=options.checkpoint_dir, progress=options.progress)
 
 
+def build_gpt(options: BuildOptions) -> Path:
+    """The GPT on the pydoc prose (or --data text files); --epochs counts passes over the tokens."""
+    from genserve.export.gpt_pipeline import build_gpt as pipeline_build_gpt
+
+    return pipeline_build_gpt(options.repo_root, name=options.name, epochs=options.epochs, seed=options.seed,
+                              data_path=options.data_path, limit=options.limit, checkpoint_dir=options.checkpoint_dir,
+                              progress=options.progress, train_only=options.train_only)
+
+
+def build_textclf(options: BuildOptions) -> Path:
+    """MiniLM-L6 fine-tuned on standard-library docstrings (or --data CSV/JSONL of text,label)."""
+    from dataclasses import replace
+
+    from genserve.export.textclf_pipeline import DEFAULT_SETTINGS, build_textclf as pipeline_build, finetune_only
+
+    settings = replace(DEFAULT_SETTINGS, epochs=options.epochs or DEFAULT_SETTINGS.epochs, seed=options.seed)
+    if options.train_only:
+        return finetune_only(None, settings, data_path=options.data_path, limit=options.limit,
+                             checkpoint_dir=options.checkpoint_dir, progress=options.progress)
+    return pipeline_build(options.repo_root, name=options.name, settings=settings, data_path=options.data_path,
+                          limit=options.limit, checkpoint_dir=options.checkpoint_dir, progress=options.progress)
+
+
+def image_options(options: BuildOptions) -> dict[str, object]:
+    """The BuildOptions every image pipeline takes, as keyword arguments; epochs only when given."""
+    given = {"epochs": options.epochs} if options.epochs else {}
+    return {"name": options.name, "seed": options.seed, "data_path": options.data_path, "limit": options.limit,
+            "checkpoint_dir": options.checkpoint_dir, "progress": options.progress,
+            "train_only": options.train_only, **given}
+
+
+def build_dae(options: BuildOptions) -> Path:
+    """The convolutional denoising autoencoder on noisy/clean MNIST pairs (--data: MNIST IDX files)."""
+    from genserve.export.denoise import build_dae as pipeline_build
+
+    return pipeline_build(options.repo_root, **image_options(options))
+
+
+def build_digits(options: BuildOptions) -> Path:
+    """The small CNN digit classifier; also the judge of the digit generators' metrics."""
+    from genserve.export.classify import build_digits as pipeline_build
+
+    return pipeline_build(options.repo_root, **image_options(options))
+
+
+def build_gan(options: BuildOptions) -> Path:
+    """The digit DCGAN, class-conditional with --conditional; judged by the `digits` model."""
+    from genserve.export.gan import CONDITIONAL_DIGIT_GAN, DIGIT_GAN, build_gan as pipeline_build
+
+    config = CONDITIONAL_DIGIT_GAN if options.conditional else DIGIT_GAN
+    return pipeline_build(options.repo_root, config=config, **image_options(options))
+
+
+def build_faces(options: BuildOptions) -> Path:
+    """The face DCGAN on LFW's 25x25 faces (--data: a folder of face images, made grey 25x25)."""
+    from genserve.export.gan import build_faces as pipeline_build
+
+    return pipeline_build(options.repo_root, **image_options(options))
+
+
 BUILDERS: dict[str, Callable[[BuildOptions], Path]] = {
     "vae": build_vae,
+    "dae": build_dae,
+    "digits": build_digits,
+    "gan": build_gan,
+    "faces": build_faces,
+    "textclf": build_textclf,
+    "gpt": build_gpt,
 }
 
 # Default repository name of each family's conditional variant.

@@ -4,6 +4,7 @@
     genserve gateway --broker-url U   the gRPC gateway alone
     genserve worker --broker-url U    a Celery worker alone
     genserve train vae | export vae   train (resumable) / train + export + publish a model
+    genserve import-hf DIR --name M   publish a local Hugging Face BERT classifier or GPT-2
     genserve models                   what the repository holds
     genserve generate vae -n 64 --seed 1 -o digits.png
 
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(gateway), _gateway_flags(gateway)
     worker = sub.add_parser("worker", help="a Celery worker (needs a broker)")
     _common(worker), _worker_flags(worker)
+    worker.add_argument("--pool", choices=["auto", "solo", "prefork", "threads"],
+                        help="Celery pool; auto: threads when serving a text generator (GENSERVE_WORKER__POOL)")
 
     for name, text in (("train", "train a model (resumes from its checkpoint)"),
                        ("export", "train if needed, export to ONNX, publish to the repository")):
@@ -66,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         build.add_argument("--conditional", action="store_true", help="class-conditional model")
         build.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="checkpoint directory")
         build.add_argument("--seed", type=int, default=0)
+
+    hf = sub.add_parser("import-hf", help="publish a local Hugging Face checkpoint (BERT classifier or GPT-2)")
+    _common(hf)
+    hf.add_argument("directory", type=Path, help="folder written by save_pretrained (config.json, weights, tokenizer)")
+    hf.add_argument("--name", required=True, help="model name in the repository")
+    hf.add_argument("--data", type=Path, help="classifiers: labelled texts (CSV/JSONL text,label) to score fp32 and int8 on")
 
     models = sub.add_parser("models", help="list the repository's models")
     _common(models)
@@ -89,7 +98,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     gateway = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
     worker = {key: getattr(args, flag) for flag, key in (
         ("queues", "queues"), ("provider", "execution_provider"), ("threads", "intra_op_threads"),
-        ("concurrency", "concurrency")) if getattr(args, flag, None) is not None}
+        ("concurrency", "concurrency"), ("pool", "pool")) if getattr(args, flag, None) is not None}
     if gateway:
         overrides["gateway"] = gateway
     if worker:
@@ -141,7 +150,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from genserve.workers.app import create_app, worker_queues
+    from genserve.workers.app import create_app, worker_pool, worker_queues
 
     if settings.embedded:
         print("genserve worker needs --broker-url (or GENSERVE_BROKER_URL)", file=sys.stderr)
@@ -152,10 +161,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
               "build one with `genserve export vae`", file=sys.stderr)
         return 2
     app = create_app(settings)
-    pool = "solo" if settings.worker.concurrency == 1 else "prefork"
+    pool, concurrency = worker_pool(settings)
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
-        "--concurrency", str(settings.worker.concurrency),
+        "--concurrency", str(concurrency),
         "--loglevel", settings.log_level.upper(), "--hostname", "genserve@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
@@ -203,8 +212,21 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
     return 0
 
 
+def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
+    """Detect the checkpoint's architecture from config.json and publish it for serving."""
+    from genserve.export.hf_import import import_hf
+
+    try:
+        path = import_hf(args.directory, settings.model_repository, args.name, data_path=args.data)
+    except (ValueError, FileNotFoundError) as exc:  # the importers' "cannot serve this" errors
+        print(f"import-hf: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {path}")
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
-            "export": cmd_build, "models": cmd_models, "generate": cmd_generate}
+            "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

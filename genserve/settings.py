@@ -51,6 +51,11 @@ class WorkerSettings(BaseModel):
     visibility_timeout_s: int = 30
     restore_interval_s: int = 2  # how often workers look for such messages
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
+    # Celery pool. auto: `threads` when the worker serves an autoregressive model (its
+    # generation tasks wait on one shared decode loop per process, so many must be active at
+    # once), otherwise `solo` (concurrency 1) or `prefork`.
+    pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
+    task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -63,6 +68,9 @@ class WorkerSettings(BaseModel):
 class LimitSettings(BaseModel):
     max_count: int = 4096  # images per GenerateImages request
     max_images: int = 1024  # images per Denoise or Classify request
+    max_texts: int = 1024  # texts per Classify request to a text classifier
+    max_text_chars: int = 20_000  # characters per text to classify (tokens past the model's limit are cut)
+    max_text_bytes: int = 1_000_000  # UTF-8 bytes of a ScoreText text
 
 
 class Settings(BaseSettings):

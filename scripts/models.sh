@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
 # Build the default model zoo into the repository; models that already exist are kept.
+# `scripts/models.sh digits gan` builds only the models named; CHECKPOINTS moves the training
+# checkpoints (default checkpoints/; a finished checkpoint is reused, not retrained).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 REPO=${GENSERVE_MODEL_REPOSITORY:-model_repository}
-for family in vae; do
-  if [ -n "$(ls -d "$REPO/$family"/*/manifest.json 2>/dev/null)" ]; then
-    echo "== $family: already in $REPO"
+CHECKPOINTS=${CHECKPOINTS:-checkpoints}
+# name, then what `genserve export` builds it from; digits comes before the GANs it judges.
+MODELS=(
+  "vae vae"
+  "cvae vae --conditional"
+  "digits digits"
+  "dae dae"
+  "gan gan"
+  "cgan gan --conditional"
+  "faces faces"
+  "gpt gpt"
+  "textclf textclf"
+)
+for entry in "${MODELS[@]}"; do
+  read -r name args <<< "$entry"
+  if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then
+    continue
+  fi
+  if [ -n "$(ls -d "$REPO/$name"/*/manifest.json 2>/dev/null)" ]; then
+    echo "== $name: already in $REPO"
   else
-    echo "== building $family"
-    "$BIN/genserve" export "$family" --repository "$REPO"
+    echo "== building $name"
+    # shellcheck disable=SC2086  # $args is a family and its flags, split on purpose
+    "$BIN/genserve" export $args --name "$name" --repository "$REPO" --checkpoints "$CHECKPOINTS"
   fi
 done

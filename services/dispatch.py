@@ -27,11 +27,15 @@ from typing import Any, Protocol
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, from_code
 from genserve.repository import Manifest, ModelRepository
 from genserve.services.batcher import Batcher, BatchStats
+from genserve.services.streams import LocalStreams, RedisStreams
 from genserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESULT_PREFIX = "celery-task-meta-"
+# Ops sent one request per message: each generation streams and finishes on its own, and the
+# worker batches generations per decode step (workers/generation.py) instead.
+UNGROUPED_OPS = frozenset({"generate_text"})
 
 
 class Backend(Protocol):
@@ -47,8 +51,11 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         from genserve.workers.runtime import ModelCache
 
-        self._cache = ModelCache(ModelRepository(settings.model_repository), settings.worker)
-        self._pool = ThreadPoolExecutor(max(1, settings.worker.concurrency), thread_name_prefix="genserve-worker")
+        self.streams = LocalStreams()  # token streams: the decode thread calls back into the gateway
+        self._cache = ModelCache(ModelRepository(settings.model_repository), settings.worker, streams=self.streams)
+        # task_threads: generations wait on the shared decode loop, so several must run at once
+        workers = max(settings.worker.concurrency, settings.worker.task_threads)
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="genserve-worker")
 
     async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
         from genserve.workers.tasks import execute
@@ -63,6 +70,7 @@ class LocalBackend:
         return True
 
     async def close(self) -> None:
+        await self.streams.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -194,6 +202,7 @@ class CeleryBackend:
         self._broker = redis.asyncio.from_url(settings.broker_url)
         self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
         self._listener = ResultListener(self._redis)
+        self.streams = RedisStreams(self._redis)  # token streams of text generation
         self._loads = loads
         self._max_depth = settings.gateway.max_queue_depth
         self._depth: dict[str, tuple[int, float]] = {}
@@ -254,6 +263,7 @@ class CeleryBackend:
 
     async def close(self) -> None:
         await self._listener.close()
+        await self.streams.close()
         await self._redis.aclose()
         await self._broker.aclose()
 
@@ -291,7 +301,10 @@ class Dispatcher:
             async def send(requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
                 return await self.backend.run(ref, queue, op, requests, deadline)
 
-            self._batchers[key] = Batcher(f"{ref}/{op}", send, self.settings.batching,
+            batching = self.settings.batching
+            if op in UNGROUPED_OPS:
+                batching = batching.model_copy(update={"enabled": False})
+            self._batchers[key] = Batcher(f"{ref}/{op}", send, batching,
                                           self.settings.gateway.max_pending_requests)
         return self._batchers[key]
 

@@ -13,6 +13,7 @@ from genserve.services import validation
 from genserve.services.errors import streaming, unary
 from genserve.services.models import ModelCatalog
 from genserve.services.dispatch import Dispatcher
+from genserve.services.text import TextService
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
 
@@ -32,6 +33,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.settings = settings
         self.catalog = catalog
         self.dispatcher = dispatcher
+        self.text = TextService(settings, catalog, dispatcher)  # GenerateText, CompleteText, ScoreText
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         return validation.timeout_from(context.time_remaining(), self.settings.gateway.default_timeout_s)
@@ -77,19 +79,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @streaming
     async def GenerateText(self, request: inference_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.GenerateTextChunk]:
-        validation.require_rpc(self.catalog.resolve(request.model), "GenerateText")
-        raise _later("GenerateText", "the transformers issue (GPT text generation)")
-        yield  # pragma: no cover - makes this an async generator
+        async for chunk in self.text.generate(request, self._timeout(context)):
+            yield chunk
 
     @unary
     async def CompleteText(self, request: inference_pb2.GenerateTextRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GenerateTextResponse:
-        validation.require_rpc(self.catalog.resolve(request.model), "CompleteText")
-        raise _later("CompleteText", "the transformers issue (GPT text generation)")
+        return await self.text.complete(request, self._timeout(context))
 
     @unary
     async def ScoreText(self, request: inference_pb2.ScoreTextRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ScoreTextResponse:
-        validation.require_rpc(self.catalog.resolve(request.model), "ScoreText")
-        raise _later("ScoreText", "the transformers issue (GPT text generation)")
+        return await self.text.score(request, self._timeout(context))
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):

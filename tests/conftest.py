@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from genserve.settings import GatewaySettings, Settings
-from tests.support import GatewayThread, tiny_vae
+from tests.support import GatewayThread, tiny_image_models, tiny_vae
 
 REDIS_URL = os.environ.get("GENSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
@@ -98,3 +98,23 @@ def embedded(repo: Path) -> Iterator[GatewayThread]:
     """A gateway in the embedded mode: no broker, the worker's code in-process."""
     with GatewayThread(Settings(model_repository=repo, gateway=GatewaySettings(port=0))) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of tiny image models: digits (classifier), dae, gan and cgan."""
+    pytest.importorskip("torch")
+    return tiny_image_models(tmp_path_factory.mktemp("image-repository"))
+
+
+@pytest.fixture(scope="session")
+def image_gateway(image_repo: Path, redis_url: str) -> Iterator[GatewayThread]:
+    """A gateway and a `genserve worker` process serving the tiny image models through Redis."""
+    prefix = f"test-images-{uuid.uuid4().hex[:8]}"
+    process = WorkerProcess(image_repo, redis_url, prefix)
+    try:
+        with GatewayThread(distributed_settings(image_repo, redis_url, prefix)) as running:
+            running.wait_for_model("gan")
+            yield running
+    finally:
+        process.stop()

@@ -13,6 +13,7 @@ from celery import Celery
 
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
+from genserve.workers.generation import RedisStreamSink
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import register_tasks
 
@@ -54,8 +55,23 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         worker_redirect_stdouts=False,
     )
     repository = ModelRepository(settings.model_repository)
-    register_tasks(app, lambda: ModelCache(repository, settings.worker))
+    streams = RedisStreamSink(settings.backend_url)  # token chunks of streamed generations
+    register_tasks(app, lambda: ModelCache(repository, settings.worker, streams=streams))
     return app
+
+
+def worker_pool(settings: Settings) -> tuple[str, int]:
+    """(Celery pool, its concurrency). Text generators need `threads`: each generation task
+    blocks until its sequence leaves the process's shared decode batch, so one process must
+    hold many active tasks for their decode steps to be shared."""
+    worker = settings.worker
+    pool = worker.pool
+    if pool == "auto":
+        repository = ModelRepository(settings.model_repository)
+        names = worker.queues or repository.names()
+        generates = any(m.loop == "autoregressive" for m in repository.manifests() if m.name in names)
+        pool = "threads" if generates else "solo" if worker.concurrency == 1 else "prefork"
+    return pool, worker.task_threads if pool == "threads" else worker.concurrency
 
 
 def worker_queues(settings: Settings) -> list[str]:

@@ -11,9 +11,12 @@ from typing import Any, Callable
 import numpy as np
 
 from genserve.errors import InvalidArgumentError
+from genserve.repository import Manifest
 from genserve.tensors import from_wire, png_encode, to_wire
 from genserve.workers.batching import BatchStats, Feeds, Outcome, run_requests
+from genserve.workers.generation import generate_text, score_text
 from genserve.workers.runtime import LoadedModel
+from genserve.workers.text import classify_texts, softmax, top_k
 
 Handler = Callable[[LoadedModel, list[dict[str, Any]], BatchStats], list[Outcome]]
 
@@ -62,6 +65,58 @@ def generate_images(loaded: LoadedModel, requests: list[dict[str, Any]], stats: 
     return run_requests(loaded.onnx, requests, prepare, finish, loaded.max_batch_size, stats)
 
 
+def image_feeds(manifest: Manifest, request: dict[str, Any]) -> Feeds:
+    """The request's images as the graph's `image` input, (n, C, H, W) float32 as the manifest says."""
+    spec = manifest.image
+    want = (spec.channels, spec.height, spec.width)
+    images = from_wire(request["images"], "images")
+    if images.ndim == 3 and spec.channels == 1:
+        images = images[:, None]
+    if images.ndim != 4 or tuple(images.shape[1:]) != want or not np.isfinite(images).all():
+        raise InvalidArgumentError(f"images must be finite float32 (n, {', '.join(map(str, want))}), got {images.shape}")
+    return {"image": images.astype(np.float32, copy=False)}
+
+
+def denoise(loaded: LoadedModel, requests: list[dict[str, Any]], stats: BatchStats) -> list[Outcome]:
+    """image_to_image: `image` -> the graph's one output (the DAE's `denoised`), as tensors and/or PNGs."""
+    manifest = loaded.manifest
+    output = manifest.files["model"].outputs[0].name  # ONNX forbids naming it `image` too
+
+    def finish(request: dict[str, Any], feeds: Feeds, out: Feeds) -> Outcome:
+        return encode_images(out[output], request, manifest.image.low, manifest.image.high)
+
+    def prepare(request: dict[str, Any]) -> Feeds:
+        return image_feeds(manifest, request)
+
+    return run_requests(loaded.onnx, requests, prepare, finish, loaded.max_batch_size, stats)
+
+
+def classify_images(loaded: LoadedModel, requests: list[dict[str, Any]], stats: BatchStats) -> list[Outcome]:
+    """image_classifier: images -> the graph's `logits` -> softmax (here, in float64) -> top k.
+
+    The project's graphs stop at logits so that other users of the ONNX file can calibrate or
+    combine them; probabilities are made here, per image, so they never depend on the batch.
+    A graph whose output is `probs` is taken as already normalised.
+    """
+    manifest = loaded.manifest
+    classes = len(manifest.labels)
+
+    def finish(request: dict[str, Any], feeds: Feeds, out: Feeds) -> Outcome:
+        k = min(max(int(request.get("top_k") or 1), 1), classes)
+        probs = out["probs"] if "probs" in out else softmax(out["logits"].astype(np.float64))
+        return {"ok": True, "top": top_k(probs, k)}
+
+    def prepare(request: dict[str, Any]) -> Feeds:
+        return image_feeds(manifest, request)
+
+    return run_requests(loaded.onnx, requests, prepare, finish, loaded.max_batch_size, stats)
+
+
 HANDLERS: dict[tuple[str, str], Handler] = {
     ("latent_sampler", "generate_images"): generate_images,
+    ("image_to_image", "denoise"): denoise,
+    ("image_classifier", "classify"): classify_images,
+    ("text_classifier", "classify"): classify_texts,
+    ("autoregressive", "generate_text"): generate_text,
+    ("autoregressive", "score_text"): score_text,
 }

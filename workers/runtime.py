@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +102,9 @@ class OnnxModel:
 class LoadedModel:
     manifest: Manifest
     onnx: OnnxModel
+    directory: Path | None = None  # the version's directory (tokenizers and other files beside the graph)
+    streams: Any = None  # where a streaming loop publishes chunks (workers.generation.StreamSink)
+    state: dict[str, Any] = field(default_factory=dict)  # per-process helpers of a loop (decode scheduler)
 
     @property
     def max_batch_size(self) -> int:
@@ -109,9 +114,10 @@ class LoadedModel:
 class ModelCache:
     """Per-process cache: one session per model version and role, created on first use."""
 
-    def __init__(self, repository: ModelRepository, settings: WorkerSettings) -> None:
+    def __init__(self, repository: ModelRepository, settings: WorkerSettings, streams: Any = None) -> None:
         self.repository = repository
         self.settings = settings
+        self.streams = streams  # handed to every LoadedModel: token streams of text generation
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -133,4 +139,4 @@ class ModelCache:
         model = OnnxModel.load(str(path), self.settings)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
-        return LoadedModel(manifest, model)
+        return LoadedModel(manifest, model, directory=path.parent, streams=self.streams)

@@ -1,0 +1,219 @@
+"""`python -m bench.text`: the GPT's serving targets, measured, printed as one table.
+
+1. KV cache vs recomputing the prefix: greedy decoding of NEW_TOKENS tokens on ONNX Runtime,
+   batch 1, with the cache (one token per step) and without (the whole prefix every step).
+2. ONNX Runtime vs PyTorch eager per token: the same greedy decode with the cache, the same
+   weights (published beside model.onnx), one thread each.
+3. Iteration-level batching: the worker's DecodeScheduler in-process, 8 generations of
+   NEW_TOKENS tokens (temperature 0.8) one after another (one stream) vs all at once:
+   total tokens/s, medians over alternating rounds.
+4. The service: Redis + `genserve worker` + `genserve gateway` as separate processes; the
+   same with GenerateText streams through gRPC, and the time to first streamed token at
+   concurrency 1 next to one prefill of the same prompt on ONNX Runtime.
+
+The CPU is shared with whatever else runs: the table records the load average and the
+machine's cores; compare ratios, not absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from genserve.repository import ModelRepository
+from genserve.settings import WorkerSettings
+from genserve.workers.generation import CacheSpec, DecodeBatch, DecodeScheduler, Sequence, prefill_feeds
+from genserve.workers.runtime import LoadedModel, ModelCache
+from genserve.workers.sampling import TextCodec
+
+PROMPT = "The assert statement"
+NEW_TOKENS = 256
+
+
+def best_of(runs: int, call: Callable[[], Any]) -> float:
+    """Shortest wall time of `runs` calls after one warm-up (the least disturbed by other load)."""
+    call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def ort_greedy(loaded: LoadedModel, ids: list[int], new: int, cache: bool) -> list[int]:
+    """Greedy decoding on ONNX Runtime: with the worker's KV cache (DecodeBatch, one token per
+    step), or recomputing the whole prefix every step."""
+    spec, ids = CacheSpec.of(loaded.manifest.config), list(ids)
+    out = loaded.onnx.run(prefill_feeds(ids, spec))
+    batch = DecodeBatch(spec, 1)
+    batch.add(Sequence(ids, None, new, None, None, None, False, None, 0.0), [out[n] for n in spec.names("present")])
+    for _ in range(new):
+        ids.append(int(out["logits"][0, -1].argmax()))
+        if cache:
+            batch.rows[0].last, batch.rows[0].length = ids[-1], len(ids) - 1
+            out = loaded.onnx.run(batch.feeds())
+            batch.append([out[n] for n in spec.names("present")])
+        else:
+            out = loaded.onnx.run(prefill_feeds(ids, spec))
+    return ids
+
+
+def torch_greedy(repository: ModelRepository, loaded: LoadedModel, ids: list[int], new: int, threads: int) -> Callable[[], Any] | None:
+    try:
+        import torch
+
+        from genserve.export.pipeline import load_published
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    model = load_published(repository, loaded.manifest).model
+    idx = torch.tensor([ids])
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model.generate(idx, new, temperature=0.0)
+
+    return run
+
+
+def scheduler_rates(loaded: LoadedModel, codec: TextCodec, ids: list[int], new: int, rounds: int) -> tuple[float, float]:
+    """Tokens/s of one stream and of 8 concurrent ones through the worker's DecodeScheduler.
+
+    Both generate the same 8 sequences (one after another, or all at once), alternating over
+    `rounds` rounds; the medians are kept, so a burst of other load hits both alike.
+    """
+    scheduler = DecodeScheduler(loaded, codec, None)
+
+    def one(seed: int) -> int:
+        request = {"prompt_ids": ids, "max_new_tokens": new, "seed": seed, "temperature": 0.8}
+        return len(scheduler.submit(request).result(600)["tokens"])
+
+    def rate(concurrency: int) -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            tokens = sum(pool.map(one, range(8)))
+        return tokens / (time.perf_counter() - started)
+
+    try:
+        rate(8)  # warm-up
+        rates = [(rate(1), rate(8)) for _ in range(rounds)]
+    finally:
+        scheduler.close()
+    return statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
+
+
+def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tuple[str, str]]:
+    """Tokens/s at concurrency 1 and 8 and time to first token, through gRPC, Redis and a worker."""
+    import grpc
+
+    from bench.__main__ import Stack
+    from genserve.v1 import inference_pb2, inference_pb2_grpc
+
+    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=args.threads, redis_url=args.redis_url)
+    stack = Stack(args.repository, stack_args)
+    try:
+        address = stack.start_gateway(batching=True)
+        with grpc.insecure_channel(address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+
+            def stream(seed: int, new: int) -> tuple[float, int]:
+                request = inference_pb2.GenerateTextRequest(model=model, prompt=PROMPT, max_new_tokens=new,
+                                                            seed=seed, temperature=0.8)
+                started, first, tokens = time.perf_counter(), None, 0
+                for chunk in stub.GenerateText(request, timeout=600):
+                    if first is None and chunk.tokens:
+                        first = time.perf_counter() - started
+                    tokens += len(chunk.tokens)
+                return first or 0.0, tokens
+
+            deadline = time.monotonic() + 60
+            while True:  # the worker takes a few seconds to start
+                try:
+                    stream(0, 4)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            ttft = [stream(seed, 4)[0] for seed in range(args.ttft_runs)]
+            rates: dict[int, list[float]] = {1: [], 8: []}
+            for _ in range(args.runs):  # 8 generations one after another, then all 8 at once
+                for concurrency in (1, 8):
+                    started = time.perf_counter()
+                    with ThreadPoolExecutor(concurrency) as pool:
+                        tokens = sum(t for _, t in pool.map(lambda s: stream(s, args.new_tokens), range(8)))
+                    rates[concurrency].append(tokens / (time.perf_counter() - started))
+            rates = {c: statistics.median(r) for c, r in rates.items()}
+    finally:
+        stack.close()
+    median = statistics.median(ttft)
+    return [
+        ("service: tokens/s, 1 stream", f"{rates[1]:.0f}"),
+        ("service: tokens/s, 8 streams", f"{rates[8]:.0f}  ({rates[8] / rates[1]:.1f}x one stream)"),
+        ("service: time to first token, conc. 1", f"{median * 1e3:.1f} ms median of {len(ttft)} "
+         f"(p90 {np.percentile(ttft, 90) * 1e3:.1f}); one prefill {prefill_s * 1e3:.2f} ms; "
+         f"difference {(median - prefill_s) * 1e3:.1f} ms"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_REPOSITORY", "model_repository")))
+    parser.add_argument("--model", default="gpt")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of each in-process timing (best kept)")
+    parser.add_argument("--ttft-runs", type=int, default=30)
+    parser.add_argument("--no-service", action="store_true", help="in-process measurements only")
+    parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
+    args = parser.parse_args()
+
+    repository = ModelRepository(args.repository)
+    manifest = repository.resolve(args.model)
+    loaded = ModelCache(repository, WorkerSettings(execution_provider="cpu", intra_op_threads=args.threads)).get(manifest.ref)
+    codec = TextCodec.load(loaded.directory, manifest)
+    ids = codec.encode(PROMPT)
+    new = min(args.new_tokens, manifest.config["block_size"] - len(ids))
+    rows: list[tuple[str, str]] = [
+        ("model", f"{manifest.ref}: {manifest.config['n_layer']} layers, {manifest.config['n_embd']} wide, "
+                  f"vocab {manifest.config['vocab_size']}, context {manifest.config['block_size']}"),
+        ("machine", f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {args.threads} thread(s)"),
+    ]
+
+    with_cache = best_of(args.runs, lambda: ort_greedy(loaded, ids, new, cache=True))
+    without = best_of(args.runs, lambda: ort_greedy(loaded, ids, new, cache=False))
+    rows += [("ORT greedy, KV cache", f"{with_cache / new * 1e3:.3f} ms/token ({new} tokens)"),
+             ("ORT greedy, recompute prefix", f"{without / new * 1e3:.3f} ms/token"),
+             ("KV cache speed-up", f"{without / with_cache:.1f}x")]
+    eager = torch_greedy(repository, loaded, ids, new, args.threads)
+    if eager is not None:
+        eager_s = best_of(args.runs, eager)
+        rows += [("PyTorch eager greedy, KV cache", f"{eager_s / new * 1e3:.3f} ms/token"),
+                 ("ONNX Runtime vs eager", f"{eager_s / with_cache:.1f}x faster per token")]
+    one, eight = scheduler_rates(loaded, codec, ids, new, args.runs)
+    rows += [("scheduler: tokens/s, 1 stream", f"{one:.0f}"),
+             ("scheduler: tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
+    prefill_s = best_of(20, lambda: loaded.onnx.run(prefill_feeds(ids, CacheSpec.of(manifest.config))))
+    rows.append((f"ORT prefill, {len(ids)}-token prompt", f"{prefill_s * 1e3:.2f} ms"))
+    if not args.no_service:
+        args.new_tokens = new
+        rows += service(args, args.model, prefill_s)
+    rows.append(("load average at end", f"{os.getloadavg()[0]:.1f}"))
+    width = max(len(k) for k, _ in rows)
+    print(f"{'measurement':<{width}}  value")
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench-text"
+    main()

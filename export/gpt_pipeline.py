@@ -1,0 +1,356 @@
+"""Build a GPT version end to end: corpus -> split -> tokenizer -> train -> evaluate -> export.
+
+`build_gpt` is what `genserve export gpt` runs; `gpt_hf.import_gpt2` publishes a user's Hugging Face
+GPT2LMHeadModel through `publish_gpt`, the same export, parity check and manifest. The
+default model (4 layers, 128 wide, 512-token context, 0.99M parameters) trains for
+DEFAULT_STEPS steps of 4 x 512 tokens (about 6 passes over the 137k training tokens) and,
+with evaluation and export, fits in 5 minutes on 2 CPU cores.
+
+Training is seeded and resumable: the windows of step s and its dropout noise come from
+(seed, s), so a run stopped at a checkpoint and resumed ends with the same weights.
+Held-out metrics are computed the way ScoreText computes them (`score_windows`): per held-out
+document, every token after the first, in windows of the context length that overlap by half,
+summed over documents: nats per token and bits per UTF-8 byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from genserve.export.gpt_export import export_gpt
+from genserve.export.models.gpt import GPT, GPT_SPEC, GPTConfig
+from genserve.export.onnx_export import ExportResult
+from genserve.export.pipeline import save_weights, tool_versions
+from genserve.export.text_corpus import (
+    EOS, Document, describe_corpus, encode_stream, load_corpus, split_documents, train_tokenizer,
+)
+from genserve.export.train import CheckpointMismatchError, epoch_generator
+from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
+from genserve.workers.generation import score_windows
+
+DEFAULT_STEPS = 400
+DEFAULT_BATCH_SIZE = 4  # windows of block_size tokens per step: 2,048 tokens
+DEFAULT_LR = 3e-3  # peak; linear warm-up over WARMUP_FRACTION, cosine decay to 10%
+WARMUP_FRACTION = 0.05
+WEIGHT_DECAY = 0.1
+CHECKPOINT_EVERY = 50  # steps between checkpoints
+HELDOUT_FRACTION = 0.1
+TOKENIZER = "tokenizer.json"
+SAMPLES = "samples.txt"
+WEIGHTS = "weights.pt"
+SAMPLE_PROMPTS = ("The ", "A list comprehension", "If the")
+# Concurrent sequences in one decode step; a 1M-parameter model's step costs about the same
+# at 1 and 16 rows on a CPU core, so 16 is where batching stops being almost free.
+SERVING = ServingHints(max_batch_size=16, max_queue_delay_ms=0.0)
+
+
+@dataclass
+class TrainResult:
+    model: GPT
+    history: list[float] = field(default_factory=list)  # train loss (nats/token) per step
+    resumed_from: int = 0  # steps already done when this call started
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TextScore:
+    nats: float  # summed negative log-likelihood
+    tokens: int  # scored tokens
+    bytes: int  # UTF-8 bytes of the scored texts
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "heldout_nats_per_token": self.nats / max(self.tokens, 1),
+            "heldout_bits_per_byte": self.nats / math.log(2) / max(self.bytes, 1),
+            "heldout_tokens": float(self.tokens),
+            "heldout_bytes": float(self.bytes),
+        }
+
+
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_windows(stream: torch.Tensor, block: int, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` random windows: inputs (B, T) and the next tokens (B, T)."""
+    block = min(block, len(stream) - 1)
+    starts = torch.randint(len(stream) - block, (batch,), generator=g)
+    x = torch.stack([stream[s : s + block] for s in starts.tolist()])  # (B, T)
+    y = torch.stack([stream[s + 1 : s + 1 + block] for s in starts.tolist()])  # (B, T)
+    return x, y
+
+
+def train_gpt(
+    config: GPTConfig,
+    stream: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """AdamW on random windows of the token stream; resumes from checkpoint_dir if it has one."""
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT(config)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.99),
+    )
+    data = torch.from_numpy(stream)
+    settings = {"config": asdict(config), "data_sha256": _digest(stream), "steps": steps,
+                "batch_size": batch_size, "lr": lr, "seed": seed}
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
+    done, history = 0, []
+    if path is not None and path.is_file():
+        done, history = _load_checkpoint(path, settings, model, optimizer)
+    model.train()
+    bar = tqdm(total=steps, initial=min(done, steps), desc="train gpt", disable=not progress)
+    for step in range(done, steps):
+        g = epoch_generator(seed, step)
+        x, y = batch_windows(data, config.block_size, batch_size, g)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout noise of this step
+            loss = model.loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        if path is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps):
+            _save_checkpoint(path, settings, model, optimizer, step + 1, history)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return TrainResult(model, history, done, time.perf_counter() - started)
+
+
+def _digest(stream: np.ndarray) -> str:
+    return hashlib.sha256(stream.tobytes()).hexdigest()
+
+
+def _load_checkpoint(path: Path, settings: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    differ = [key for key in settings if state.get(key) != settings[key]]
+    if differ:
+        raise CheckpointMismatchError(
+            f"{path} belongs to another run ({', '.join(differ)} differ); "
+            "use another checkpoint directory or delete the checkpoint"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], list(state["history"])
+
+
+def _save_checkpoint(path: Path, settings: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer,
+                     step: int, history: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({**settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "history": history}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def score_ids(model: GPT, ids: list[int]) -> float:
+    """Negative log-likelihood in nats of ids[1:] given what precedes each (ScoreText's windows)."""
+    total = 0.0
+    for start, end, first in score_windows(len(ids), model.config.block_size):
+        window = torch.tensor(ids[start:end])[None]  # (1, W)
+        logits, _ = model(window)
+        logp = F.log_softmax(logits[0, first - start - 1 : end - start - 1].double(), dim=-1)  # (N, V)
+        targets = window[0, first - start : end - start]  # (N,)
+        total -= logp.gather(1, targets[:, None]).sum().item()
+    return total
+
+
+def heldout_score(
+    model: GPT, tokenizer: tokenizers.Tokenizer, docs: list[Document], max_tokens: int | None = None
+) -> TextScore:
+    """Summed over held-out documents: nats, scored tokens (all but each first), UTF-8 bytes.
+
+    With `max_tokens`, documents are scored in order until that many tokens were scored (the
+    last one cut at a token boundary; its bytes are the bytes of the tokens kept).
+    """
+    model.eval()
+    nats, tokens, size = 0.0, 0, 0
+    for doc in docs:
+        if max_tokens is not None and tokens >= max_tokens:
+            break
+        ids, text_bytes = tokenizer.encode(doc.text).ids, len(doc.text.encode())
+        if max_tokens is not None and tokens + len(ids) - 1 > max_tokens:
+            ids = ids[: max_tokens - tokens + 1]
+            text_bytes = len(tokenizer.decode(ids).encode())
+        if len(ids) < 2:
+            continue
+        nats += score_ids(model, ids)
+        tokens += len(ids) - 1
+        size += text_bytes
+    return TextScore(nats, tokens, size)
+
+
+def sample_texts(model: GPT, tokenizer: tokenizers.Tokenizer, seed: int, new_tokens: int = 60) -> str:
+    """A few seeded continuations of fixed prompts (temperature 0.8, top-k 40) for the card."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for prompt in SAMPLE_PROMPTS:
+        idx = torch.tensor([tokenizer.encode(prompt).ids])
+        out = model.generate(idx, new_tokens, temperature=0.8, top_k=40, generator=g)
+        parts.append(f"--- prompt: {prompt!r}\n{tokenizer.decode(out[0].tolist(), skip_special_tokens=False)}\n")
+    return "\n".join(parts)
+
+
+def build_gpt(
+    repo_root: Path,
+    *,
+    name: str = "gpt",
+    config: GPTConfig | None = None,
+    steps: int = DEFAULT_STEPS,
+    epochs: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    data_path: Path | None = None,
+    limit: int | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+    train_only: bool = False,
+) -> Path:
+    """Train, evaluate, export and publish the next version of `name`; returns its directory.
+
+    `epochs`, when given, replaces `steps`: that many passes over the training tokens.
+    `limit` keeps a seeded subset of that many documents (quick runs, tests). With
+    `train_only` the model is trained and checkpointed, nothing is published.
+    """
+    started = time.perf_counter()
+    config = config or GPTConfig()
+    docs = load_corpus(data_path)
+    if limit is not None and limit < len(docs):
+        keep = sorted(np.random.default_rng(seed).permutation(len(docs))[:limit].tolist())
+        docs = [docs[i] for i in keep]
+    train_docs, held_docs = split_documents(docs, HELDOUT_FRACTION, seed)
+    tokenizer = train_tokenizer([d.text for d in train_docs], config.vocab_size)
+    config = replace(config, vocab_size=tokenizer.get_vocab_size())  # a small corpus may stop short
+    stream = encode_stream(tokenizer, train_docs)
+    if epochs is not None:
+        steps = max(1, math.ceil(epochs * len(stream) / (batch_size * config.block_size)))
+    result = train_gpt(config, stream, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                       checkpoint_dir=checkpoint_dir, progress=progress)
+    if train_only:
+        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
+    score = heldout_score(result.model, tokenizer, held_docs)
+    training = {
+        "dataset": describe_corpus(data_path, docs),
+        "n_train_documents": len(train_docs),
+        "n_heldout_documents": len(held_docs),
+        "heldout_documents": [d.name for d in held_docs],
+        "heldout_split": f"whole documents, {HELDOUT_FRACTION:.0%} of the bytes, seed {seed}",
+        "train_tokens": int(len(stream)),
+        "tokenizer": f"byte-level BPE, {tokenizer.get_vocab_size()} tokens, trained on the training documents",
+        "steps": len(result.history),
+        "resumed_from_step": result.resumed_from,
+        "batch_size": batch_size,
+        "tokens_per_step": batch_size * config.block_size,
+        "lr": lr,
+        "optimizer": f"AdamW (weight decay {WEIGHT_DECAY}), warm-up + cosine",
+        "seed": seed,
+        "parameters": result.model.num_parameters(),
+        "seconds": round(result.seconds, 2),
+        "torch_threads": torch.get_num_threads(),
+        "final_train_loss_nats": float(np.mean(result.history[-20:])) if result.history else None,
+    }
+    samples = sample_texts(result.model, tokenizer, seed)
+    path = publish_gpt(repo_root, name, result.model, tokenizer, tokenizer.token_to_id(EOS), score.metrics(),
+                       training, samples)
+    if progress:
+        metrics = score.metrics()
+        print(f"{name}: held-out {metrics['heldout_nats_per_token']:.3f} nats/token, "
+              f"{metrics['heldout_bits_per_byte']:.3f} bits/byte; built in {time.perf_counter() - started:.0f} s")
+    return path
+
+
+def publish_gpt(
+    repo_root: Path,
+    name: str,
+    model: GPT,
+    tokenizer: tokenizers.Tokenizer,
+    eos_token_id: int,
+    metrics: dict[str, float],
+    training: dict[str, Any],
+    samples: str = "",
+    description: str = GPT_SPEC.description,
+) -> Path:
+    """Export with parity, write tokenizer + weights + samples beside it, publish the next version."""
+    with tempfile.TemporaryDirectory(prefix="genserve-export-") as tmp:
+        exported = export_gpt(model, Path(tmp))
+        tokenizer_path = Path(tmp) / TOKENIZER
+        tokenizer.save(str(tokenizer_path))
+        weights = save_weights(GPT_SPEC, model.config, model, Path(tmp) / WEIGHTS)
+        extra = {TOKENIZER: tokenizer_path, WEIGHTS: weights}
+        if samples:
+            (Path(tmp) / SAMPLES).write_text(samples)
+            extra[SAMPLES] = Path(tmp) / SAMPLES
+        version = next_version(Path(repo_root), name)
+        manifest = gpt_manifest(name, version, model.config, exported, eos_token_id, tokenizer_path,
+                                metrics, training, description)
+        return publish(repo_root, manifest, exported.paths, extra)
+
+
+def gpt_manifest(
+    name: str,
+    version: str,
+    config: GPTConfig,
+    exported: ExportResult,
+    eos_token_id: int,
+    tokenizer_path: Path,
+    metrics: dict[str, float],
+    training: dict[str, Any],
+    description: str,
+) -> Manifest:
+    """The manifest of one GPT version: the tokenizer file and its end-of-text id ride in preprocess."""
+    files = {"model": OnnxFile(path="", sha256="", inputs=exported.inputs["model"], outputs=exported.outputs["model"])}
+    return Manifest(
+        name=name,
+        version=version,
+        kind=GPT_SPEC.kind,
+        loop=GPT_SPEC.loop,
+        description=description,
+        files=files,
+        config=asdict(config),
+        preprocess={
+            "tokenizer": TOKENIZER,
+            "tokenizer_sha256": sha256_file(tokenizer_path),
+            "tokenizer_type": "byte-level BPE (tokenizers)",
+            "eos_token_id": eos_token_id,  # stops generation; also the start token of an empty prompt
+            "context": config.block_size,
+        },
+        training=training,
+        metrics=metrics,
+        parity=exported.parity,
+        serving=SERVING.model_copy(),
+        tools={**tool_versions(), "tokenizers": tokenizers.__version__},
+    )

@@ -1,0 +1,223 @@
+"""Text generation in numpy: the tokenizer, next-token sampling, streamed text and stop strings.
+
+Pure (no ONNX Runtime, no Celery, no torch): the decode scheduler (generation.py) calls these
+once per sequence per step, and the gateway uses `TextCodec` to count a prompt's tokens.
+
+Sampling order, as in the text-generation servers people know: repetition penalty (CTRL: a
+seen token's positive logit is divided by the penalty, a negative one multiplied) ->
+temperature (0 = greedy) -> top-k -> top-p -> one draw. The draw is an inverse-CDF lookup
+of one uniform from the sequence's own `numpy.random.default_rng(seed)`, in token-id order,
+so the same seed, prompt and settings give the same tokens whatever else shares the batch.
+The reported log-probability is the token's under the penalised, temperature-scaled
+distribution before top-k/top-p truncation (temperature 1 when greedy).
+
+Byte-level BPE tokens need not end on a character boundary (an accented letter or an emoji
+may span two tokens), so text is decoded incrementally from the tokens' bytes: a token's
+`text` is what it completes, and the texts of all tokens concatenate to the whole output.
+Bytes of a character still incomplete when generation ends are dropped from the text (the
+token ids remain), so a streamed token's text never changes afterwards.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genserve.errors import ModelNotReadyError
+from genserve.repository import Manifest, sha256_file
+
+Token = tuple[int, str, float]  # (id, text, logprob)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-ins for bytes (what byte-level BPE vocabularies spell) -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class TextCodec:
+    """A byte-level BPE tokenizer with each token's bytes, for incremental decoding."""
+
+    def __init__(self, tokenizer: Any, eos_token_id: int, model_vocab_size: int = 0) -> None:
+        spec = json.loads(tokenizer.to_str())
+        if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+            raise ModelNotReadyError("the tokenizer must be byte-level BPE (a ByteLevel decoder)")
+        self.tokenizer = tokenizer
+        self.eos = eos_token_id
+        # A model may have more rows than its tokenizer has tokens (padded vocabularies):
+        # those ids decode to nothing.
+        self.vocab_size = max(tokenizer.get_vocab_size(), model_vocab_size)
+        special = {t["id"]: t["content"] for t in spec.get("added_tokens", [])}
+        table = _byte_decoder()
+        self.token_bytes: list[bytes] = []
+        for i in range(self.vocab_size):
+            piece = tokenizer.id_to_token(i) or ""
+            self.token_bytes.append(
+                special[i].encode() if i in special else bytes(table[ch] for ch in piece if ch in table)
+            )
+        self.max_token_bytes = max(len(b) for b in self.token_bytes)
+
+    @classmethod
+    def load(cls, directory: Path, manifest: Manifest) -> TextCodec:
+        """The tokenizer a manifest names, after checking its sha256."""
+        from tokenizers import Tokenizer
+
+        pre = manifest.preprocess
+        path = Path(directory) / pre["tokenizer"]
+        if not path.is_file():
+            raise ModelNotReadyError(f"{manifest.ref}: tokenizer file {pre['tokenizer']} is missing")
+        if sha256_file(path) != pre["tokenizer_sha256"]:
+            raise ModelNotReadyError(f"{manifest.ref}: sha256 of {pre['tokenizer']} differs from the manifest's")
+        return cls(Tokenizer.from_file(str(path)), int(pre["eos_token_id"]), int(manifest.config.get("vocab_size", 0)))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 0.0  # 0 or 1: off
+    repetition_penalty: float = 0.0  # 0 or 1: off
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> SamplingParams:
+        return cls(float(request.get("temperature", 1.0)), int(request.get("top_k", 0)),
+                   float(request.get("top_p", 0.0)), float(request.get("repetition_penalty", 0.0)))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Along the last axis; each row's result is the same whatever rows are beside it."""
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def truncation(logp: np.ndarray, params: SamplingParams) -> np.ndarray | None:
+    """(V,) bool: the tokens top-k and top-p keep for one row; None when both are off."""
+    keep = None
+    if 0 < params.top_k < len(logp):
+        keep = logp >= np.partition(logp, -params.top_k)[-params.top_k]
+    if 0.0 < params.top_p < 1.0:
+        order = np.argsort(-logp, kind="stable")
+        before = np.cumsum(np.exp(logp[order])) - np.exp(logp[order])  # mass of better tokens
+        nucleus = np.zeros(len(logp), dtype=bool)
+        nucleus[order[before < params.top_p]] = True  # smallest set reaching top_p
+        keep = nucleus if keep is None else keep & nucleus
+    return keep
+
+
+def next_tokens(
+    logits: np.ndarray, params: list[SamplingParams], seen: list[np.ndarray], rngs: list[np.random.Generator]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens (B,) and their log-probabilities (B,) from logits (B, V), one row per sequence.
+
+    Vectorised over rows (a decode step samples every row at once; a few whole-array passes,
+    no full log-softmax); per-row work only for rows that use the repetition penalty, top-k
+    or top-p. Row r draws one uniform from rngs[r].
+    """
+    x = logits.astype(np.float64)  # (B, V)
+    for r, p in enumerate(params):
+        if p.repetition_penalty not in (0.0, 1.0):
+            hit = x[r, seen[r]]
+            x[r, seen[r]] = np.where(hit > 0, hit / p.repetition_penalty, hit * p.repetition_penalty)
+    temperature = np.array([p.temperature for p in params])
+    greedy = temperature == 0.0
+    scaled = x / np.where(greedy, 1.0, temperature)[:, None]  # greedy rows report logprobs at T = 1
+    scaled -= scaled.max(axis=1, keepdims=True)
+    weights = np.exp(scaled)  # (B, V) unnormalised probabilities
+    log_total = np.log(weights.sum(axis=1))  # (B,)
+    tokens = np.argmax(scaled, axis=1)
+    drawn = np.flatnonzero(~greedy)
+    if len(drawn):
+        kept = weights[drawn]  # (S, V)
+        for i, r in enumerate(drawn):
+            keep = truncation(scaled[r] - log_total[r], params[r])
+            if keep is not None:
+                kept[i, ~keep] = 0.0
+        cdf = np.cumsum(kept, axis=1)  # (S, V), in token-id order
+        u = np.array([rngs[r].random() for r in drawn]) * cdf[:, -1]  # (S,)
+        picks = np.minimum((cdf <= u[:, None]).sum(axis=1), x.shape[1] - 1)
+        for i, token in enumerate(picks):
+            while kept[i, token] == 0.0:  # a draw landing exactly on a boundary: the kept token before
+                token -= 1
+            tokens[drawn[i]] = token
+    rows = np.arange(len(tokens))
+    return tokens, scaled[rows, tokens] - log_total
+
+
+def next_token(logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
+    """(token, its log-probability) from one row of logits (V,); `seen` (V,) bool for the penalty."""
+    tokens, logprobs = next_tokens(logits[None], [params], [seen], [rng])
+    return int(tokens[0]), float(logprobs[0])
+
+
+@dataclass
+class TextState:
+    """Generated tokens and text; stop strings; which tokens are safe to stream yet."""
+
+    token_bytes: list[bytes]
+    stops: list[str]
+    tokens: list[Token] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # tokens already handed to the stream
+    _ends: list[int] = field(default_factory=list)  # text length after each token
+    _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def add(self, token: int, logprob: float) -> bool:
+        """Append a token; True when a stop string appeared (the text is then cut before it)."""
+        piece = self._decoder.decode(self.token_bytes[token])
+        searched_from = max(0, len(self.text) - max((len(s) for s in self.stops), default=0) + 1)
+        self.text += piece
+        self.tokens.append((token, piece, logprob))
+        self._ends.append(len(self.text))
+        hits = [i for i in (self.text.find(s, searched_from) for s in self.stops) if i >= 0]
+        if hits:
+            self._cut(min(hits))
+        return bool(hits)
+
+    def _cut(self, at: int) -> None:
+        """Drop text from `at` on: later tokens go, the straddling token keeps its head."""
+        kept: list[Token] = []
+        start = 0
+        for (token, piece, logprob), end in zip(self.tokens, self._ends):
+            if start >= at:
+                break
+            kept.append((token, piece[: at - start], logprob))
+            start = end
+        if kept and not kept[-1][1]:
+            kept.pop()  # a token whose whole text lay in the stop string
+        self.tokens, self.text = kept, self.text[:at]
+        self._ends = list(np.cumsum([len(t[1]) for t in kept]).tolist()) if kept else []
+
+    def ready(self, final: bool = False) -> tuple[int, list[Token]]:
+        """(index of the first, tokens) not yet streamed whose text can no longer become a stop."""
+        safe = len(self.text) if final else len(self.text) - self._holdback()
+        end = self.sent
+        while end < len(self.tokens) and self._ends[end] <= safe:
+            end += 1
+        start, self.sent = self.sent, end
+        return start, self.tokens[start:end]
+
+    def _holdback(self) -> int:
+        """Length of the longest tail of the text that begins some stop string."""
+        longest = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.text)), longest, -1):
+                if stop.startswith(self.text[-k:]):
+                    longest = k
+                    break
+        return longest
