@@ -65,13 +65,13 @@ def build_textclf(options: BuildOptions) -> Path:
 def image_options(options: BuildOptions) -> dict[str, object]:
     """The BuildOptions every image pipeline takes, as keyword arguments; epochs only when given."""
     given = {"epochs": options.epochs} if options.epochs else {}
-    return {"name": options.name, "seed": options.seed, "data_path": options.data_path, "limit": options.limit,
-            "checkpoint_dir": options.checkpoint_dir, "progress": options.progress,
-            "train_only": options.train_only, **given}
+    return {"name": options.name, "seed": options.seed, "data_path": options.data_path,
+            "limit": options.limit, "checkpoint_dir": options.checkpoint_dir,
+            "progress": options.progress, "train_only": options.train_only, **given}
 
 
 def build_dae(options: BuildOptions) -> Path:
-    """The convolutional denoising autoencoder on noisy/clean MNIST pairs (--data: MNIST IDX files)."""
+    """The convolutional denoising autoencoder on noisy/clean digit pairs (--data: MNIST IDX)."""
     from genserve.export.denoise import build_dae as pipeline_build
 
     return pipeline_build(options.repo_root, **image_options(options))

@@ -16,7 +16,12 @@ import torch
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import psnr
 from genserve.export.models.dae import DAE, DAE_SPEC, DAEConfig, add_noise
-from genserve.export.publishing import DIGIT_HELDOUT_FRACTION, digit_split, publish_model, training_record
+from genserve.export.publishing import (
+    DIGIT_HELDOUT_FRACTION,
+    digit_split,
+    publish_model,
+    training_record,
+)
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes under a minute on 2 CPU cores.
@@ -69,19 +74,22 @@ def psnr_metrics(model: DAE, heldout: np.ndarray, seed: int) -> dict[str, float]
     for sigma in EVAL_SIGMAS:
         noisy = add_noise(clean, sigma, torch.Generator().manual_seed(seed))
         denoised = model(noisy)
-        metrics[f"psnr_noisy_sigma{sigma}"] = psnr(clean.numpy(), noisy.numpy())
-        metrics[f"psnr_denoised_sigma{sigma}"] = psnr(clean.numpy(), denoised.numpy())
-        metrics[f"psnr_gain_sigma{sigma}"] = metrics[f"psnr_denoised_sigma{sigma}"] - metrics[f"psnr_noisy_sigma{sigma}"]
+        before = psnr(clean.numpy(), noisy.numpy())
+        after = psnr(clean.numpy(), denoised.numpy())
+        metrics[f"psnr_noisy_sigma{sigma}"] = before
+        metrics[f"psnr_denoised_sigma{sigma}"] = after
+        metrics[f"psnr_gain_sigma{sigma}"] = after - before
     return metrics
 
 
 @torch.no_grad()
 def denoise_grid(model: DAE, heldout: np.ndarray, seed: int) -> torch.Tensor:
     """(6 * 8, C, H, W): per 8 digits a row of clean, of noisy (sigma 0.5), of denoised."""
-    pick = np.random.default_rng(seed).permutation(len(heldout))[:GRID_DIGITS]  # held-out is sorted by class
+    # the held-out digits are sorted by class: pick a seeded few of all classes
+    pick = np.random.default_rng(seed).permutation(len(heldout))[:GRID_DIGITS]
     clean = torch.from_numpy(np.ascontiguousarray(heldout[pick], dtype=np.float32))
     noisy = add_noise(clean, EVAL_SIGMAS[-1], torch.Generator().manual_seed(seed))
-    rows = [torch.stack([c, n, model(n)]) for c, n in zip(clean.split(8), noisy.split(8), strict=True)]
+    rows = [torch.stack([c, n, model(n)]) for c, n in zip(clean.split(8), noisy.split(8))]
     return torch.cat([row.flatten(0, 1) for row in rows])
 
 

@@ -16,7 +16,9 @@ LFW_FACES = 100  # lfw_subset(): faces first, then as many non-faces
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 
 
-def load_faces(path: Path | None = None, *, size: tuple[int, int] = LFW_SIZE, limit: int | None = None) -> np.ndarray:
+def load_faces(
+    path: Path | None = None, *, size: tuple[int, int] = LFW_SIZE, limit: int | None = None
+) -> np.ndarray:
     """Faces float32 (N, 1, H, W) in [0, 1].
 
     Without `path`: LFW's 100 faces from scikit-image. With `path`: every image file under that
@@ -62,7 +64,8 @@ def _folder(directory: Path, size: tuple[int, int]) -> np.ndarray:
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(
-            f"no face images in {directory}; expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}"
+            f"no face images in {directory}; "
+            f"expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}"
         )
     faces = []
     for file in files:
@@ -78,8 +81,12 @@ def _resize(grey: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     height, width = grey.shape
     aspect = size[1] / size[0]
-    crop_h, crop_w = (height, round(height * aspect)) if width / height > aspect else (round(width / aspect), width)
+    if width / height > aspect:  # too wide: keep the full height
+        crop_h, crop_w = height, round(height * aspect)
+    else:
+        crop_h, crop_w = round(width / aspect), width
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    picture = Image.fromarray(np.ascontiguousarray(grey[top : top + crop_h, left : left + crop_w], dtype=np.float32))  # mode "F"
+    crop = np.ascontiguousarray(grey[top : top + crop_h, left : left + crop_w], dtype=np.float32)
+    picture = Image.fromarray(crop)  # mode "F": resampled in float, no 8-bit rounding
     resized = picture.resize((size[1], size[0]), Image.Resampling.LANCZOS)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)

@@ -79,7 +79,8 @@ def fit(
         done, history = load(path, settings, model, optimizers)
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    bar = tqdm(total=epochs * steps, initial=min(done, epochs) * steps, desc=desc, disable=not progress)
+    bar = tqdm(total=epochs * steps, initial=min(done, epochs) * steps, desc=desc,
+               disable=not progress)
     for epoch in range(done, epochs):
         model.train()
         g = epoch_generator(seed, epoch)
@@ -101,7 +102,10 @@ def fit(
 
 
 def load(
-    path: Path, settings: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]
+    path: Path,
+    settings: dict[str, Any],
+    model: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
 ) -> tuple[int, list[dict[str, float]]]:
     """Restore model and optimizers from `path`; returns (epochs done, loss history)."""
     state = torch.load(path, map_location="cpu", weights_only=True)

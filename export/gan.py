@@ -43,7 +43,7 @@ from genserve.repository import ImageSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_DIGIT_EPOCHS = 24  # 1,680 steps: the conditional GAN reached IS 9.2 (8.3 after 12 epochs)
-DEFAULT_FACE_EPOCHS = 300  # 160 training images (80 faces and their mirror images): 5 steps an epoch
+DEFAULT_FACE_EPOCHS = 300  # 160 images (80 faces and their mirror images): 5 steps an epoch
 DEFAULT_BATCH_SIZE = 64
 FACE_BATCH_SIZE = 32
 LR = 1e-3  # for G and D; 2e-4 (the DCGAN paper's) learned 2-3x slower per step here
@@ -57,8 +57,8 @@ JUDGE = "digits"  # the repository model whose features judge the digit generato
 # (GANConfig(aux_classes=10)) reached Inception score ~6.4 in the same budget, ~8.9 this way.
 DIGIT_GAN = GANConfig(num_classes=10, aux_classes=10, label_from_latent=True)
 MIXTURE_DESCRIPTION = (
-    "DCGAN, a class mixture: serves the (weight-averaged) generator z ~ N(0, I) -> digit in [0, 1]; "
-    "the class is read from z[0] (each class 1/10), G was trained class-conditionally"
+    "DCGAN, a class mixture: serves the (weight-averaged) generator z ~ N(0, I) -> digit in "
+    "[0, 1]; the class is read from z[0] (each class 1/10), G was trained class-conditionally"
 )
 CONDITIONAL_DIGIT_GAN = GANConfig(num_classes=10, aux_classes=10)
 # LFW's 25x25 faces, no labels; a longer weight average (~1,000 of its 1,500 steps) smooths the
@@ -104,7 +104,8 @@ def train_gan(
         return {"d": d_loss.item(), "g": g_loss.item()}
 
     data = [train_images] if labels is None else [train_images, train_labels]
-    settings = run_settings(config, data, batch_size=batch_size, lr=LR, betas=list(BETAS), seed=seed)
+    settings = run_settings(config, data, batch_size=batch_size, lr=LR, betas=list(BETAS),
+                            seed=seed)
     result = fit(gan, {"d": opt_d, "g": opt_g}, step, len(images), epochs=epochs,
                  batch_size=batch_size, seed=seed, settings=settings,
                  checkpoint_dir=checkpoint_dir, desc=desc, progress=progress)
@@ -116,7 +117,9 @@ def needs_labels(config: GANConfig) -> bool:
     return bool(config.num_classes or config.aux_classes)
 
 
-def fake_classes(config: GANConfig, z: torch.Tensor, real_class: torch.Tensor | None) -> torch.Tensor | None:
+def fake_classes(
+    config: GANConfig, z: torch.Tensor, real_class: torch.Tensor | None
+) -> torch.Tensor | None:
     """The classes the fakes of a batch are made as: a conditional G asks for the real batch's
     classes, a class mixture reads them from z, an unconditional G has none."""
     if not config.num_classes:
@@ -214,8 +217,10 @@ def judge_for(
     if found is None:
         from genserve.export.classify import build_digits
 
-        log.warning("no %r classifier in %s to judge the digits; building it first", JUDGE, repo_root)
-        build_digits(repo_root, name=JUDGE, seed=seed, data_path=data_path, limit=limit, progress=progress)
+        log.warning("no %r classifier in %s to judge the digits; building it first",
+                    JUDGE, repo_root)
+        build_digits(repo_root, name=JUDGE, seed=seed, data_path=data_path, limit=limit,
+                     progress=progress)
         found = load_latest(repo_root, JUDGE)
     classifier, manifest = found
     return classifier, manifest.ref
@@ -248,7 +253,8 @@ def build_faces(
     if train_only:
         return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
     samples = draw(result.model, metric_samples, seed)[0].numpy()
-    nonfaces = load_nonfaces() if data_path is None and config.height == config.width == 25 else None
+    lfw = data_path is None and (config.height, config.width) == (25, 25)
+    nonfaces = load_nonfaces() if lfw else None  # LFW's non-faces only go with LFW's faces
     metrics = face_generation_metrics(samples, x_train, x_held, nonfaces)
     training = training_record(
         describe_faces(data_path), len(x_train), len(x_held),

@@ -55,7 +55,9 @@ def inception_score(probs: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def judge(classifier: nn.Module, images: np.ndarray | torch.Tensor, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def judge(
+    classifier: nn.Module, images: np.ndarray | torch.Tensor, batch: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, F), class probabilities (N, K)) of a CNNClassifier on images (N, C, H, W)."""
     classifier.eval()
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -168,10 +170,11 @@ def face_generation_metrics(
         project = Projection(describe(train), dims)
         held = project(describe(heldout))
         gen = project(describe(generated))
-        draws_fd = [frechet_distance(gen[rng.permutation(len(gen))[:n]], held) for _ in range(draws)]
-        metrics[f"fd_{name}"] = float(np.mean(draws_fd))
+        subsets = (gen[rng.permutation(len(gen))[:n]] for _ in range(draws))
+        metrics[f"fd_{name}"] = float(np.mean([frechet_distance(s, held) for s in subsets]))
         metrics[f"fd_{name}_real_vs_real"] = frechet_distance(project(describe(train)), held)
         if nonfaces is not None:
             metrics[f"fd_{name}_nonfaces"] = frechet_distance(project(describe(nonfaces[:n])), held)
-    metrics["nn_ratio"] = float(np.median(nearest_distance(generated, train)) / np.median(nearest_distance(heldout, train)))
+    copied = np.median(nearest_distance(generated, train))
+    metrics["nn_ratio"] = float(copied / np.median(nearest_distance(heldout, train)))
     return metrics

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -19,6 +20,7 @@ import torch
 import genserve
 from genserve.export.data import describe_source, load_mnist, train_heldout_split
 from genserve.export.evaluate import ElboReport, heldout_neg_elbo, sample_grid_png
+from genserve.export.metrics import digit_generation_metrics
 from genserve.export.models.vae import VAE, VAE_SPEC, VAEConfig
 from genserve.export.onnx_export import OPSET, ExportResult, export_model
 from genserve.export.train import train_vae
@@ -32,6 +34,8 @@ DEFAULT_LR = 1e-3
 HELDOUT_FRACTION = 0.1
 GRID_SAMPLES = 64  # prior samples in samples.png, 8 per row
 WEIGHTS = "weights.pt"  # PyTorch state dict + config, beside the ONNX files
+JUDGE = "digits"  # the repository's digit classifier, when present, judges the prior samples
+JUDGED_SAMPLES = 2000
 
 
 def build_vae(
@@ -64,6 +68,7 @@ def build_vae(
         progress=progress,
     )
     report = heldout_neg_elbo(result.model, x_held, y_held, seed=seed)
+    generation, judge = judged_samples(repo_root, result.model, x_held, x_train, seed)
     dataset = describe_source(data_path) + ("" if limit is None else f", {limit} digits")
     training = {
         "dataset": dataset,
@@ -78,6 +83,7 @@ def build_vae(
         "seed": seed,
         "seconds": round(result.seconds, 2),
         "final_train_loss_nats": result.history[-1] if result.history else None,
+        **({"metrics_judge": judge} if judge else {}),
     }
     with tempfile.TemporaryDirectory(prefix="genserve-export-") as tmp:
         exported = export_model(VAE_SPEC, result.model, Path(tmp))
@@ -85,6 +91,7 @@ def build_vae(
         weights = save_weights(VAE_SPEC, config, result.model, Path(tmp) / WEIGHTS)
         version = next_version(Path(repo_root), name)
         manifest = vae_manifest(name, version, config, exported, report, training)
+        manifest.metrics.update(generation)
         return publish(repo_root, manifest, exported.paths, {"samples.png": grid, WEIGHTS: weights})
 
 
@@ -122,6 +129,23 @@ def train_vae_only(
     train_vae(config, x_train, y_train, epochs=epochs, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR,
               seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
     return Path(checkpoint_dir)
+
+
+def judged_samples(
+    repo_root: Path, model: VAE, x_held: np.ndarray, x_train: np.ndarray, seed: int
+) -> tuple[dict[str, float], str | None]:
+    """Generation metrics of 2,000 prior samples (FD, Inception score, and class accuracy when
+    conditional; metrics.py), judged by the repository's digit classifier as the GANs are, and
+    that classifier's reference; nothing when the repository has no `digits` model yet."""
+    repository = ModelRepository(repo_root)
+    if not repository.versions(JUDGE):
+        return {}, None
+    judge = repository.resolve(JUDGE)
+    samples = prior_samples(model, JUDGED_SAMPLES, seed)
+    classes = model.config.num_classes
+    requested = np.arange(JUDGED_SAMPLES) % classes if classes else None
+    metrics = digit_generation_metrics(load_published(repository, judge), samples, x_held, x_train, requested)
+    return metrics, judge.ref
 
 
 def prior_samples(model: VAE, n: int, seed: int) -> torch.Tensor:

@@ -20,7 +20,14 @@ from genserve.export.evaluate import sample_grid_png
 from genserve.export.models.spec import ModelSpec
 from genserve.export.onnx_export import export_model
 from genserve.export.pipeline import WEIGHTS, load_published, save_weights, tool_versions
-from genserve.repository import ImageSpec, Manifest, ModelRepository, OnnxFile, next_version, publish
+from genserve.repository import (
+    ImageSpec,
+    Manifest,
+    ModelRepository,
+    OnnxFile,
+    next_version,
+    publish,
+)
 
 DIGIT_HELDOUT_FRACTION = 0.1  # the VAE's split: every digit family holds out the same digits
 
@@ -62,7 +69,9 @@ def publish_model(
         if grid is not None:
             extra["samples.png"] = sample_grid_png(grid[0], Path(tmp) / "s.png", nrow=grid[1])
         files = {  # path and sha256 are filled in by publish()
-            role: OnnxFile(path="", sha256="", inputs=exported.inputs[role], outputs=exported.outputs[role])
+            role: OnnxFile(
+                path="", sha256="", inputs=exported.inputs[role], outputs=exported.outputs[role]
+            )
             for role in exported.paths
         }
         manifest = Manifest(

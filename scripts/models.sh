@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 REPO=${GENSERVE_MODEL_REPOSITORY:-model_repository}
 CHECKPOINTS=${CHECKPOINTS:-checkpoints}
-# name, then what `genserve export` builds it from; digits comes before the GANs it judges.
+# name, then what `genserve export` builds it from; digits comes first: it judges the
+# generators' samples (FD, Inception score) when they are exported.
 MODELS=(
+  "digits digits"
   "vae vae"
   "cvae vae --conditional"
-  "digits digits"
   "dae dae"
   "gan gan"
   "cgan gan --conditional"

@@ -66,19 +66,20 @@ def generate_images(loaded: LoadedModel, requests: list[dict[str, Any]], stats: 
 
 
 def image_feeds(manifest: Manifest, request: dict[str, Any]) -> Feeds:
-    """The request's images as the graph's `image` input, (n, C, H, W) float32 as the manifest says."""
+    """The request's images as the graph's `image` input: (n, C, H, W) float32, as in the manifest."""
     spec = manifest.image
     want = (spec.channels, spec.height, spec.width)
     images = from_wire(request["images"], "images")
     if images.ndim == 3 and spec.channels == 1:
         images = images[:, None]
     if images.ndim != 4 or tuple(images.shape[1:]) != want or not np.isfinite(images).all():
-        raise InvalidArgumentError(f"images must be finite float32 (n, {', '.join(map(str, want))}), got {images.shape}")
+        layout = ", ".join(map(str, want))
+        raise InvalidArgumentError(f"images must be finite float32 (n, {layout}), got {images.shape}")
     return {"image": images.astype(np.float32, copy=False)}
 
 
 def denoise(loaded: LoadedModel, requests: list[dict[str, Any]], stats: BatchStats) -> list[Outcome]:
-    """image_to_image: `image` -> the graph's one output (the DAE's `denoised`), as tensors and/or PNGs."""
+    """image_to_image: `image` -> the graph's one output (the DAE's `denoised`), tensors and/or PNGs."""
     manifest = loaded.manifest
     output = manifest.files["model"].outputs[0].name  # ONNX forbids naming it `image` too
 

@@ -20,7 +20,9 @@ Stability and speed, chosen by measuring on MNIST and LFW with CPU budgets of a 
   re-estimated after training so the served graph (eval mode, batch invariant) normalises
   with what the averaged weights produce.
 The conditional model feeds a one-hot label to G and uses a projection discriminator
-(Miyato & Koyama 2018): D(x, y) = w.h(x) + embed(y).h(x).
+(Miyato & Koyama 2018): D(x, y) = w.h(x) + embed(y).h(x). With `label_from_latent` the same
+model serves z alone: G reads its class from z[:, 0] (`class_of`), a mixture of the classes in
+equal parts; the default digit GAN is one (export/gan.py says why).
 """
 
 from __future__ import annotations
@@ -208,5 +210,5 @@ DCGAN_SPEC = ModelSpec(
     config_class=GANConfig,
     build=GAN,
     graphs=gan_graphs,
-    description="DCGAN; serves the (weight-averaged) generator: z ~ N(0, I) [, label] -> image in [0, 1]",
+    description="DCGAN; serves the (weight-averaged) generator: z ~ N(0, I) [, label] -> image",
 )

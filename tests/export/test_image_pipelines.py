@@ -125,3 +125,15 @@ def test_train_only_builders_publish_nothing(tmp_path: Path) -> None:
                            epochs=1, limit=100, progress=False, train_only=True)
     assert BUILDERS["dae"](options) == tmp_path / "ck"
     assert (tmp_path / "ck" / "checkpoint.pt").is_file() and not (tmp_path / "repo").exists()
+
+
+def test_vae_is_judged_like_the_gans_when_a_classifier_is_published(judged: Path) -> None:
+    """A conditional VAE built beside `digits` gets FD, Inception score and class accuracy too."""
+    from genserve.export.models.vae import VAEConfig
+    from genserve.export.pipeline import build_vae
+
+    build_vae(judged, name="cvae", config=VAEConfig(latent_dim=4, hidden=(32,), num_classes=10),
+              epochs=1, limit=300, progress=False)
+    manifest = ModelRepository(judged).resolve("cvae")
+    assert {"heldout_neg_elbo_nats", "fd_digits", "inception_score", "conditional_accuracy"} <= set(manifest.metrics)
+    assert manifest.training["metrics_judge"] == "digits:1"

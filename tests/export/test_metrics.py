@@ -51,6 +51,7 @@ def test_inception_score_spans_one_to_the_number_of_classes() -> None:
 def test_digit_metrics_score_real_digits_like_the_reference(digits: tuple[np.ndarray, np.ndarray]) -> None:
     """Real digits fed in as 'generated' land near the real-vs-real reference; noise far from it."""
     images, labels = digits
+    torch.manual_seed(0)  # an untrained judge: its random features must not change run to run
     judge = CNNClassifier(CNNConfig(widths=(4, 8), features=16)).eval()
     real = digit_generation_metrics(judge, images[:100], images[200:], images[100:200], labels[:100])
     noise = digit_generation_metrics(judge, torch.rand(100, 1, 28, 28), images[200:], images[100:200])
