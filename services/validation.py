@@ -45,6 +45,15 @@ def require_rpc(manifest: Manifest, rpc: str) -> None:
         )
 
 
+def finite_float32(array: np.ndarray, field: str) -> np.ndarray:
+    """Client tensors the models read: float32, no NaN or infinity."""
+    if array.dtype != np.float32:
+        raise ValueError(f"{field} must be DTYPE_FLOAT32, got {array.dtype.name}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{field} must be finite (no NaN or infinity)")
+    return array
+
+
 class GenerateImagesInput(BaseModel):
     """A GenerateImages request that passed every check."""
 
@@ -66,11 +75,7 @@ class GenerateImagesInput(BaseModel):
         dim = info.context["manifest"].latent_dim
         if z.ndim != 2 or z.shape[1] != dim:
             raise ValueError(f"latents must have shape (n, {dim}), got {tuple(z.shape)}")
-        if z.dtype != np.float32:
-            raise ValueError(f"latents must be DTYPE_FLOAT32, got {z.dtype.name}")
-        if not np.isfinite(z).all():
-            raise ValueError("latents must be finite (no NaN or infinity)")
-        return z
+        return finite_float32(z, "latents")
 
     @field_validator("count")
     @classmethod
@@ -158,11 +163,7 @@ class ImagesInput(BaseModel):
             raise ValueError(f"images must have shape (n, {', '.join(map(str, want))}), got {tuple(images.shape)}")
         if not 1 <= len(images) <= limit:
             raise ValueError(f"the number of images must be 1..{limit}, got {len(images)}")
-        if images.dtype != np.float32:
-            raise ValueError(f"images must be DTYPE_FLOAT32, got {images.dtype.name}")
-        if not np.isfinite(images).all():
-            raise ValueError("images must be finite (no NaN or infinity)")
-        return images
+        return finite_float32(images, "images")
 
     @field_validator("top_k")
     @classmethod
