@@ -7,6 +7,8 @@
     genserve import-hf DIR --name M   publish a local Hugging Face BERT classifier or GPT-2
     genserve models                   what the repository holds
     genserve generate vae -n 64 --seed 1 -o digits.png
+    genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
+    genserve classify textclf "Return the base name of a path."
 
 Settings come from GENSERVE_* environment variables; the flags below override them.
 """
@@ -87,6 +89,26 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
     generate.add_argument("--address", default="127.0.0.1:50051")
     generate.add_argument("--timeout", type=float, default=60.0)
+
+    text = sub.add_parser("text", help="stream generated text through a running gateway")
+    text.add_argument("model", help="text generator, e.g. gpt")
+    text.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
+    text.add_argument("--max-new-tokens", type=int, default=64)
+    text.add_argument("--temperature", type=float)
+    text.add_argument("--top-k", type=int)
+    text.add_argument("--top-p", type=float)
+    text.add_argument("--repetition-penalty", type=float)
+    text.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    text.add_argument("--seed", type=int)
+    text.add_argument("--address", default="127.0.0.1:50051")
+    text.add_argument("--timeout", type=float, default=60.0)
+
+    classify = sub.add_parser("classify", help="classify texts through a running gateway")
+    classify.add_argument("model", help="text classifier, e.g. textclf")
+    classify.add_argument("texts", nargs="+")
+    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument("--address", default="127.0.0.1:50051")
+    classify.add_argument("--timeout", type=float, default=60.0)
     return parser
 
 
@@ -160,8 +182,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no models in {settings.model_repository} and no --queues: nothing to serve; "
               "build one with `genserve export vae`", file=sys.stderr)
         return 2
+    from genserve.workers.leases import install
+
     app = create_app(settings)
     pool, concurrency = worker_pool(settings)
+    # Long tasks keep their messages: renew the visibility lease of each message held.
+    install(settings.broker_url, settings.worker.visibility_timeout_s)
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
@@ -212,6 +238,32 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
     return 0
 
 
+def cmd_text(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from genserve.client import Client
+
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "repetition_penalty": args.repetition_penalty, "stop": args.stop, "seed": args.seed}
+    reason, seed = "", 0
+    with Client(args.address, timeout_s=args.timeout) as client:
+        print(args.prompt, end="", flush=True)
+        for chunk in client.stream_text(args.model, args.prompt, args.max_new_tokens, **sampling):
+            print(chunk.text, end="", flush=True)
+            reason, seed = chunk.finish_reason, chunk.seed
+    print(f"\n[finished: {reason}, seed {seed}]", file=sys.stderr)
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from genserve.client import Client
+
+    with Client(args.address, timeout_s=args.timeout) as client:
+        predictions = client.classify_texts(args.model, args.texts, top_k=args.top_k)
+    for text, top in zip(args.texts, predictions):
+        labels = ", ".join(f"{label} {p:.3f}" for label, p in top)
+        print(f"{labels}\t{text[:60]}")
+    return 0
+
+
 def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
     """Detect the checkpoint's architecture from config.json and publish it for serving."""
     from genserve.export.hf_import import import_hf
@@ -226,13 +278,14 @@ def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
-            "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf, "generate": cmd_generate}
+            "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf}
+CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "generate":
-        return cmd_generate(args)
+    if args.command in CLIENT_COMMANDS:  # clients of a running gateway: no settings needed
+        return CLIENT_COMMANDS[args.command](args)
     settings = build_settings(args)
     _logging(settings)
     return COMMANDS[args.command](args, settings)

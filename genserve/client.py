@@ -1,8 +1,21 @@
-"""A small synchronous Python client for the gateway (used by the CLI and the demo)."""
+"""A small synchronous Python client for the gateway (used by the CLI and the demo).
+
+    with Client("127.0.0.1:50051") as client:
+        client.generate_images("vae", 64, seed=1).images          # (64, 1, 28, 28)
+        for chunk in client.stream_text("gpt", "The assert", max_new_tokens=64, seed=3):
+            print(chunk.text, end="", flush=True)                 # token by token
+        client.complete_text("gpt", "The assert", stop=["\n\n"]).text
+        client.score_text("gpt", "Some held-out prose.").bits_per_byte
+        client.classify_texts("textclf", ["Return the path's base name."])[0][0]  # (label, p)
+
+Errors are grpc.RpcError with the gateway's status code and message (INVALID_ARGUMENT names
+the allowed values; NOT_FOUND lists the models).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -16,6 +29,32 @@ class GeneratedImages:
     images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
     seed: int
     model: str
+
+
+@dataclass
+class GeneratedText:
+    text: str
+    tokens: list[tuple[int, str, float]]  # (id, text, logprob; 0.0 unless logprobs was asked)
+    finish_reason: str  # "length", "stop" or "eos"
+    seed: int
+    model: str
+
+
+@dataclass
+class TextScore:
+    log_likelihood: float  # natural log, summed over the scored tokens
+    num_tokens: int
+    nats_per_token: float
+    bits_per_byte: float
+    model: str
+
+
+def _finish_reason(value: int) -> str:
+    return inference_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
+
+
+def _tokens(tokens: Any) -> list[tuple[int, str, float]]:
+    return [(t.id, t.text, t.logprob) for t in tokens]
 
 
 class Client:
@@ -34,6 +73,42 @@ class Client:
         request = inference_pb2.GenerateImagesRequest(model=model, count=count, seed=seed, label=label)
         response = self.inference.GenerateImages(request, timeout=self.timeout_s)
         return GeneratedImages(from_proto(response.images, "images"), response.seed, response.model)
+
+    def _text_request(self, model: str, prompt: str, max_new_tokens: int, **sampling: Any) -> Any:
+        """sampling: temperature, top_k, top_p, repetition_penalty, stop (list), seed, logprobs."""
+        return inference_pb2.GenerateTextRequest(model=model, prompt=prompt, max_new_tokens=max_new_tokens,
+                                                 **{k: v for k, v in sampling.items() if v is not None})
+
+    def stream_text(self, model: str, prompt: str, max_new_tokens: int = 64, **sampling: Any) -> Iterator[GeneratedText]:
+        """GenerateText: one GeneratedText per streamed chunk (its new text and tokens); the
+        last carries the finish reason. Closing the iterator early cancels the generation."""
+        request = self._text_request(model, prompt, max_new_tokens, **sampling)
+        call = self.inference.GenerateText(request, timeout=self.timeout_s)
+        try:
+            for chunk in call:
+                yield GeneratedText(chunk.text, _tokens(chunk.tokens), _finish_reason(chunk.finish_reason),
+                                    chunk.seed, model)
+        finally:
+            call.cancel()
+
+    def complete_text(self, model: str, prompt: str, max_new_tokens: int = 64, **sampling: Any) -> GeneratedText:
+        """CompleteText: the whole generation at once."""
+        request = self._text_request(model, prompt, max_new_tokens, **sampling)
+        response = self.inference.CompleteText(request, timeout=self.timeout_s)
+        return GeneratedText(response.text, _tokens(response.tokens), _finish_reason(response.finish_reason),
+                             response.seed, response.model)
+
+    def score_text(self, model: str, text: str) -> TextScore:
+        """ScoreText: the log-likelihood of `text` under a language model."""
+        response = self.inference.ScoreText(inference_pb2.ScoreTextRequest(model=model, text=text), timeout=self.timeout_s)
+        return TextScore(response.log_likelihood, response.num_tokens, response.nats_per_token,
+                         response.bits_per_byte, response.model)
+
+    def classify_texts(self, model: str, texts: list[str], top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """Classify: per text, its best `top_k` (label, probability), most probable first."""
+        request = inference_pb2.ClassifyRequest(model=model, texts=texts, top_k=top_k)
+        response = self.inference.Classify(request, timeout=self.timeout_s)
+        return [[(s.label, s.score) for s in p.top] for p in response.predictions]
 
     def list_models(self) -> list[models_pb2.ModelInfo]:
         return list(self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout_s).models)

@@ -63,14 +63,16 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
+        """Terminate (SIGKILL after 20 s); `keep_log` leaves the log readable by output()."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self.log.close()
+        if not keep_log:
+            self.log.close()
 
     def output(self) -> str:
         self.log.flush()

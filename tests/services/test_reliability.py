@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from genserve.settings import LimitSettings
 from genserve.tensors import from_proto
 from genserve.v1 import inference_pb2
 from tests.conftest import WorkerProcess, distributed_settings
@@ -49,3 +51,37 @@ def test_worker_killed_mid_batch_loses_no_request(repo: Path, redis_url: str):
     images = from_proto(response.images)
     assert images.shape == (4096, 1, 28, 28) and len(response.png) == 4096
     assert response.seed == 3
+
+
+def test_slow_task_is_not_redelivered_while_its_worker_lives(repo: Path, redis_url: str):
+    """A task longer than the visibility timeout runs once: its worker renews the message's lease.
+
+    Two workers share the queue; without renewal the idle one's restore scan would put the
+    busy one's message back on the queue after 1 s and run it a second time.
+    """
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    env = {"GENSERVE_WORKER__VISIBILITY_TIMEOUT_S": "1", "GENSERVE_WORKER__RESTORE_INTERVAL_S": "1"}
+    count = 16384  # as PNGs: seconds of work for one message
+    settings = distributed_settings(repo, redis_url, prefix, limits=LimitSettings(max_count=count))
+    with GatewayThread(settings) as gw:
+        workers = [WorkerProcess(repo, redis_url, prefix, "--log-level", "INFO", env=env) for _ in range(2)]
+        try:
+            gw.wait_for_model("vae")
+            request = inference_pb2.GenerateImagesRequest(model="vae", count=count, seed=5,
+                                                          encoding=inference_pb2.IMAGE_ENCODING_PNG)
+            runs = []
+            for _ in range(2):  # the second run is warm: no session loading in its time
+                started = time.monotonic()
+                response = gw.inference.GenerateImages(request, timeout=120)
+                runs.append(time.monotonic() - started)
+            time.sleep(2.5)  # a wrongly restored message would be picked up by now
+        finally:
+            for worker in workers:
+                worker.stop(keep_log=True)
+    assert len(response.png) == count
+    assert min(runs) > 2.0, f"the batch took {min(runs):.2f} s: too short to outlive a 1 s visibility timeout"
+    logs = "".join(w.output() for w in workers)
+    received = re.findall(r"run_batch\[(\w+)\] received", logs)
+    assert len(received) >= 3  # the readiness probe(s) and the two runs
+    twice = {t for t in received if received.count(t) > 1}
+    assert not twice, f"tasks run more than once: {twice}"
