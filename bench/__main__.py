@@ -49,13 +49,17 @@ class Stack:
         self.tmp = Path(tempfile.mkdtemp(prefix="genserve-bench-"))
         self.processes: list[subprocess.Popen] = []
         self.gateway: subprocess.Popen | None = None
-        self.redis_url = args.redis_url or self._start_redis()
         self.env = dict(os.environ, GENSERVE_LOG_LEVEL="WARNING",
                         GENSERVE_QUEUE_PREFIX=f"bench{os.getpid()}")
-        for i in range(args.workers):
-            self.processes.append(self._spawn(f"worker{i}", "worker", "--broker-url", self.redis_url,
-                                              "--repository", str(repository), "--provider", args.provider,
-                                              "--threads", str(args.threads), "--queues", args.models))
+        try:
+            self.redis_url = args.redis_url or self._start_redis()
+            for i in range(args.workers):
+                self.processes.append(self._spawn(f"worker{i}", "worker", "--broker-url", self.redis_url,
+                                                  "--repository", str(repository), "--provider", args.provider,
+                                                  "--threads", str(args.threads), "--queues", args.models))
+        except BaseException:  # no orphaned Redis or worker when the stack cannot start
+            self.close()
+            raise
 
     def _start_redis(self) -> str:
         port = free_port()

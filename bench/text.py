@@ -6,13 +6,15 @@
    weights (published beside model.onnx), one thread each.
 3. Iteration-level batching: the worker's DecodeScheduler in-process, 8 generations of
    NEW_TOKENS tokens (temperature 0.8) one after another (one stream) vs all at once:
-   total tokens/s, medians over alternating rounds.
-4. The service: Redis + `genserve worker` + `genserve gateway` as separate processes; the
-   same with GenerateText streams through gRPC, and the time to first streamed token at
-   concurrency 1 next to one prefill of the same prompt on ONNX Runtime.
+   total tokens/s, medians over alternating rounds; with 1 ONNX Runtime thread and with the
+   worker's default (cores / worker processes).
+4. The service: Redis + `genserve worker` (its default threads) + `genserve gateway` as
+   separate processes; the same with GenerateText streams through gRPC, and the time to
+   first streamed token at concurrency 1 next to one prefill of the same prompt.
 
-The CPU is shared with whatever else runs: the table records the load average and the
-machine's cores; compare ratios, not absolute numbers, across machines.
+Rows 1-2 use --threads (default 1) for both systems. The CPU is shared with whatever else
+runs: the table records the load average and the machine's cores; compare ratios, not
+absolute numbers, across machines. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +34,15 @@ import numpy as np
 from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
 from genserve.workers.generation import CacheSpec, DecodeBatch, DecodeScheduler, Sequence, prefill_feeds
-from genserve.workers.runtime import LoadedModel, ModelCache
+from genserve.workers.runtime import LoadedModel, ModelCache, intra_op_threads
 from genserve.workers.sampling import TextCodec
 
 PROMPT = "The assert statement"
 NEW_TOKENS = 256
+
+
+def progress(message: str) -> None:
+    print(f"[bench.text] {message}", file=sys.stderr, flush=True)
 
 
 def best_of(runs: int, call: Callable[[], Any]) -> float:
@@ -118,7 +125,7 @@ def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tupl
     from bench.__main__ import Stack
     from genserve.v1 import inference_pb2, inference_pb2_grpc
 
-    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=args.threads, redis_url=args.redis_url)
+    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=0, redis_url=args.redis_url, models=model)
     stack = Stack(args.repository, stack_args)
     try:
         address = stack.start_gateway(batching=True)
@@ -135,6 +142,7 @@ def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tupl
                     tokens += len(chunk.tokens)
                 return first or 0.0, tokens
 
+            progress("service: waiting for the worker")
             deadline = time.monotonic() + 60
             while True:  # the worker takes a few seconds to start
                 try:
@@ -144,9 +152,11 @@ def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tupl
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.5)
+            progress(f"service: time to first token x {args.ttft_runs}")
             ttft = [stream(seed, 4)[0] for seed in range(args.ttft_runs)]
             rates: dict[int, list[float]] = {1: [], 8: []}
-            for _ in range(args.runs):  # 8 generations one after another, then all 8 at once
+            for run in range(args.runs):  # 8 generations one after another, then all 8 at once
+                progress(f"service: 1 vs 8 streams, round {run + 1} of {args.runs}")
                 for concurrency in (1, 8):
                     started = time.perf_counter()
                     with ThreadPoolExecutor(concurrency) as pool:
@@ -189,24 +199,31 @@ def main() -> None:
         ("machine", f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {args.threads} thread(s)"),
     ]
 
+    progress(f"ORT greedy with and without the KV cache, {new} tokens, best of {args.runs}")
     with_cache = best_of(args.runs, lambda: ort_greedy(loaded, ids, new, cache=True))
     without = best_of(args.runs, lambda: ort_greedy(loaded, ids, new, cache=False))
     rows += [("ORT greedy, KV cache", f"{with_cache / new * 1e3:.3f} ms/token ({new} tokens)"),
              ("ORT greedy, recompute prefix", f"{without / new * 1e3:.3f} ms/token"),
              ("KV cache speed-up", f"{without / with_cache:.1f}x")]
+    progress("PyTorch eager greedy")
     eager = torch_greedy(repository, loaded, ids, new, args.threads)
     if eager is not None:
         eager_s = best_of(args.runs, eager)
         rows += [("PyTorch eager greedy, KV cache", f"{eager_s / new * 1e3:.3f} ms/token"),
                  ("ONNX Runtime vs eager", f"{eager_s / with_cache:.1f}x faster per token")]
-    one, eight = scheduler_rates(loaded, codec, ids, new, args.runs)
-    rows += [("scheduler: tokens/s, 1 stream", f"{one:.0f}"),
-             ("scheduler: tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
+    for threads in sorted({1, intra_op_threads(WorkerSettings())}):
+        progress(f"scheduler: 1 vs 8 streams, {threads} ORT thread(s), {args.runs} rounds")
+        settings = WorkerSettings(execution_provider="cpu", intra_op_threads=threads)
+        model = ModelCache(repository, settings).get(manifest.ref)
+        one, eight = scheduler_rates(model, codec, ids, new, args.runs)
+        rows += [(f"scheduler ({threads} thr): tokens/s, 1 stream", f"{one:.0f}"),
+                 (f"scheduler ({threads} thr): tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
     prefill_s = best_of(20, lambda: loaded.onnx.run(prefill_feeds(ids, CacheSpec.of(manifest.config))))
     rows.append((f"ORT prefill, {len(ids)}-token prompt", f"{prefill_s * 1e3:.2f} ms"))
     if not args.no_service:
         args.new_tokens = new
         rows += service(args, args.model, prefill_s)
+    progress("done")
     rows.append(("load average at end", f"{os.getloadavg()[0]:.1f}"))
     width = max(len(k) for k, _ in rows)
     print(f"{'measurement':<{width}}  value")

@@ -29,11 +29,15 @@ class Subscription:
 
     def __init__(self, channel: str, owner: Any) -> None:
         self.channel = channel
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: a wake-up, no chunk
         self._owner = owner
 
-    async def get(self) -> dict[str, Any]:
-        return await self.queue.get()
+    async def drain(self) -> list[Any]:
+        """Wait for the next item, then take every item already queued behind it."""
+        items = [await self.queue.get()]
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
 
     def close(self) -> None:
         self._owner.unsubscribe(self.channel)
