@@ -145,10 +145,11 @@ class DecodeBatch:
     use are the first len(rows), so feeding them is a contiguous view, not a copy. Columns are
     shared: all rows write their next token at column `width`; a row shorter than the others
     is left-padded, and columns not written yet are masked too. The buffer grows by BLOCK
-    columns when full (one copy per BLOCK steps, at most BLOCK - 1 masked columns read).
+    columns when full (one copy per BLOCK steps, at most BLOCK - 1 masked columns read:
+    32 measured 8% more tokens/s than 8 with 8 streams, the same with one).
     """
 
-    BLOCK = 8  # columns added when the buffers are full
+    BLOCK = 32  # columns added when the buffers are full
 
     def __init__(self, spec: CacheSpec, max_rows: int) -> None:
         self.spec = spec

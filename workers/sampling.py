@@ -136,22 +136,25 @@ def next_tokens(
             x[r, seen[r]] = np.where(hit > 0, hit / p.repetition_penalty, hit * p.repetition_penalty)
     temperature = np.array([p.temperature for p in params])
     greedy = temperature == 0.0
-    scaled = x / np.where(greedy, 1.0, temperature)[:, None]  # greedy rows report logprobs at T = 1
+    if greedy.any():  # greedy rows report logprobs at T = 1
+        temperature = np.where(greedy, 1.0, temperature)
+    scaled = x / temperature[:, None] if (temperature != 1.0).any() else x
     scaled -= scaled.max(axis=1, keepdims=True)
     weights = np.exp(scaled)  # (B, V) unnormalised probabilities
     log_total = np.log(weights.sum(axis=1))  # (B,)
     tokens = np.argmax(scaled, axis=1)
     drawn = np.flatnonzero(~greedy)
     if len(drawn):
-        kept = weights[drawn]  # (S, V)
+        kept = weights[drawn] if len(drawn) < len(params) else weights  # (S, V)
         for i, r in enumerate(drawn):
-            keep = truncation(scaled[r] - log_total[r], params[r])
-            if keep is not None:
-                kept[i, ~keep] = 0.0
+            if params[r].top_k or params[r].top_p:
+                keep = truncation(scaled[r] - log_total[r], params[r])
+                if keep is not None:
+                    kept[i, ~keep] = 0.0
         cdf = np.cumsum(kept, axis=1)  # (S, V), in token-id order
         u = np.array([rngs[r].random() for r in drawn]) * cdf[:, -1]  # (S,)
         picks = np.minimum((cdf <= u[:, None]).sum(axis=1), x.shape[1] - 1)
-        for i, token in enumerate(picks):
+        for i, token in enumerate(picks.tolist()):
             while kept[i, token] == 0.0:  # a draw landing exactly on a boundary: the kept token before
                 token -= 1
             tokens[drawn[i]] = token
