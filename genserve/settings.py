@@ -42,6 +42,11 @@ class WorkerSettings(BaseModel):
     execution_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0: cores / worker processes
     inter_op_threads: int = 1  # parallel graph branches; these graphs are sequential
+    # Idle intra-op threads spin waiting for work (ONNX Runtime's default) or sleep. A worker
+    # shares its cores with its own Python threads (the decode loop, the stream publisher,
+    # Celery), the gateway and Redis: with 2 threads on 2 cores, spinning halved one text
+    # stream's tokens/s (330 vs 536) and 8 streams' (1,249 vs 2,536); see bench/text.py.
+    intra_op_spinning: bool = False
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
     io_binding: bool = True  # bind inputs/outputs explicitly on CUDA (no effect on the CPU)
     concurrency: int = 1  # processes per worker (1 runs in the consumer process, lowest latency)

@@ -63,6 +63,9 @@ class OnnxModel:
         )
         options.intra_op_num_threads = intra_op_threads(settings)
         options.inter_op_num_threads = settings.inter_op_threads
+        spin = "1" if settings.intra_op_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = requested_providers(settings.execution_provider, ort.get_available_providers())
         try:
