@@ -115,10 +115,14 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(input_ids)  # (B, T, C)
+        return self.run_blocks(self.embeddings(input_ids), attention_mask)  # (B, T, C)
+
+    def run_blocks(self, x: torch.Tensor, attention_mask: torch.Tensor, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Blocks start..stop-1 on hidden states x (B, T, C); fine-tuning caches the frozen ones' output."""
         # 0 for real tokens, the most negative float for padding: softmax gives padding 0
         key_bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
-        for block in self.blocks:
+        for block in self.blocks[start:stop]:
             x = block(x, key_bias)
         return x
 
@@ -144,6 +148,11 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, C)
+        return self.head(self.drop(self.pool(hidden, attention_mask)))  # (B, num_labels)
+
+    def forward_from(self, x: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from the hidden states x (B, T, C) entering block `start` (0: the embeddings' output)."""
+        hidden = self.encoder.run_blocks(x, attention_mask, start)  # (B, T, C)
         return self.head(self.drop(self.pool(hidden, attention_mask)))  # (B, num_labels)
 
 

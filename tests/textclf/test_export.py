@@ -91,3 +91,22 @@ def test_a_finished_checkpoint_is_reused_instead_of_training_again(tiny_backbone
     assert runs[0].resumed_from == 0 and runs[1].resumed_from == 1 and runs[1].history == runs[0].history
     rows = tiny_backbone.encoder().encode(list(texts))
     np.testing.assert_array_equal(predict_torch(runs[0].model, rows), predict_torch(runs[1].model, rows))
+
+
+def test_cached_frozen_states_do_not_depend_on_padding_and_give_the_model_s_logits() -> None:
+    """A text's cached frozen-block states are the same alone and in a padded batch, and the
+    trainable blocks on them give the full model's logits."""
+    from genserve.export.textclf_train import forward_batch, frozen_features
+
+    torch.manual_seed(0)
+    model = TextClassifier(TextClassifierConfig(n_layer=3, n_head=2, n_embd=32, n_inner=64, num_labels=3))
+    feeds = example_texts(model.config, 6, torch.Generator().manual_seed(2))
+    rows = [ids[: int(mask.sum())].numpy() for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"])]
+    batched = frozen_features(model, rows, layers=2)
+    for row, states in zip(rows, batched):
+        alone = frozen_features(model, [row], layers=2)[0]
+        assert states.shape == (len(row), 32)
+        torch.testing.assert_close(alone, states, atol=1e-5, rtol=0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(forward_batch(model, batched, 2), model(**feeds), atol=1e-5, rtol=0)

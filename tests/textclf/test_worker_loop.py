@@ -68,7 +68,9 @@ def test_length_groups_split_where_padding_would_exceed_the_limit() -> None:
     assert length_groups([3, 100]) == [[0], [1]]
 
 
-@pytest.mark.parametrize(("role", "atol"), [("fp32", 1e-5), ("int8", 5e-2)])
+# int8: up to 0.15 on an AVX2 CPU without VNNI (2026-11-30, the code before and after the
+# cached-frozen-blocks change alike); 0.05 had held where the suite was first run
+@pytest.mark.parametrize(("role", "atol"), [("fp32", 1e-5), ("int8", 0.25)])
 def test_padding_barely_changes_a_text_s_scores(textclf_repo: Path, encoder: TextEncoder, role: str, atol: float) -> None:
     """A short text's logits alone equal its logits padded beside a long text in one call.
 
