@@ -44,9 +44,15 @@ class WorkerSettings(BaseModel):
     inter_op_threads: int = 1  # parallel graph branches; these graphs are sequential
     # Idle intra-op threads spin waiting for work (ONNX Runtime's default) or sleep. A worker
     # shares its cores with its own Python threads (the decode loop, the stream publisher,
-    # Celery), the gateway and Redis: with 2 threads on 2 cores, spinning halved one text
-    # stream's tokens/s (330 vs 536) and 8 streams' (1,249 vs 2,536); see bench/text.py.
+    # Celery), the gateway and Redis. 2 threads on 2 cores, in-process decode scheduler: with
+    # another process busy on both cores, spinning halved tokens/s (1 stream 330 vs 536,
+    # 8 streams 1,249 vs 2,536); on the idle machine it gained ~5% (599 vs 571, 2,531 vs 2,382).
     intra_op_spinning: bool = False
+    # Text streams: at least this long between a worker's publishes of token chunks; the
+    # tokens of the steps in between go out together (one chunk per stream per publish). A
+    # stream's first tokens never wait. 20 ms gave 21-39% more tokens/s with 8 streams
+    # through gateway + Redis on 2 cores than 0 (publish every step); 0 turns it off.
+    stream_interval_ms: float = 20.0
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
     io_binding: bool = True  # bind inputs/outputs explicitly on CUDA (no effect on the CPU)
     concurrency: int = 1  # processes per worker (1 runs in the consumer process, lowest latency)

@@ -230,8 +230,10 @@ class StreamPublisher:
     nobody are collected for the decode loop to drop (`take_gone`).
     """
 
-    def __init__(self, sink: StreamSink) -> None:
+    def __init__(self, sink: StreamSink, interval_s: float = 0.0) -> None:
         self._sink = sink
+        self._interval_s = interval_s  # at least this long between publishes
+        self._urgent = False  # a first chunk is queued: publish without waiting
         self._items: list[tuple[Sequence, dict[str, Any] | None]] = []  # None: release the result
         self._gone: set[Sequence] = set()
         self._cond = threading.Condition()
@@ -243,6 +245,8 @@ class StreamPublisher:
         if items:
             with self._cond:
                 self._items.extend(items)
+                # a stream's first tokens never wait for the interval (time to first token)
+                self._urgent = self._urgent or any(c is not None and c["start"] == 0 for _, c in items)
                 self._cond.notify()
 
     def take_gone(self) -> set[Sequence]:
@@ -257,13 +261,20 @@ class StreamPublisher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        last = float("-inf")
         while True:
             with self._cond:
                 while not self._items and not self._closed:
                     self._cond.wait()
                 if not self._items:
                     return
-                items, self._items = self._items, []
+                pause = 0.0 if self._urgent else self._interval_s - (time.monotonic() - last)
+            if pause > 0:
+                with self._cond:  # the tokens of the next steps join this publish
+                    self._cond.wait_for(lambda: self._urgent or self._closed, timeout=pause)
+            with self._cond:
+                items, self._items, self._urgent = self._items, [], False
+            last = time.monotonic()
             chunks = self._coalesce(items)
             try:
                 delivered = self._sink.publish([(seq.channel, chunk) for seq, chunk in chunks]) if chunks else []
@@ -297,7 +308,8 @@ class DecodeScheduler:
         config = loaded.manifest.config
         self.model = loaded.onnx
         self.codec = codec
-        self.publisher = StreamPublisher(sink) if sink is not None else None
+        interval = loaded.settings.stream_interval_ms / 1000 if loaded.settings is not None else 0.0
+        self.publisher = StreamPublisher(sink, interval) if sink is not None else None
         self.context = int(config["block_size"])
         self.max_batch = max(1, loaded.max_batch_size)
         self.spec = CacheSpec.of(config)

@@ -108,6 +108,7 @@ class LoadedModel:
     directory: Path | None = None  # the version's directory (tokenizers and other files beside the graph)
     streams: Any = None  # where a streaming loop publishes chunks (workers.generation.StreamSink)
     state: dict[str, Any] = field(default_factory=dict)  # per-process helpers of a loop (decode scheduler)
+    settings: WorkerSettings | None = None  # the worker's settings, for loops that have their own knobs
 
     @property
     def max_batch_size(self) -> int:
@@ -142,4 +143,4 @@ class ModelCache:
         model = OnnxModel.load(str(path), self.settings)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
-        return LoadedModel(manifest, model, directory=path.parent, streams=self.streams)
+        return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings)

@@ -152,3 +152,32 @@ def test_score_text_matches_pytorch(loaded, codec, gpt_repo):
     assert outcome["num_tokens"] == len(ids) - 1
     assert outcome["log_likelihood"] == pytest.approx(-score_ids(model, ids), rel=1e-5)
     assert np.isfinite(outcome["log_likelihood"]) and outcome["log_likelihood"] < 0
+
+
+def test_publisher_interval_joins_chunks_but_never_delays_a_first_chunk():
+    """With an interval, chunks queued meanwhile go out as one per stream; a stream's first does not wait."""
+    from genserve.workers.generation import Sequence, StreamPublisher
+
+    def arrived(channel: str, count: int, within_s: float) -> None:
+        started = time.monotonic()
+        while len(sink.chunks.get(channel, [])) < count:
+            assert time.monotonic() - started < within_s, f"chunk {count} of {channel} waited for the interval"
+            time.sleep(0.005)
+
+    sink = RecordingSink()
+    publisher = StreamPublisher(sink, interval_s=0.5)
+    running = Sequence([1], None, 10, None, None, None, False, "running", 0.0)
+    new = Sequence([1], None, 10, None, None, None, False, "new", 0.0)
+    try:
+        publisher.put([(running, {"start": 7, "tokens": [[5, "x", 0.0]]})])
+        arrived("running", 1, 0.3)  # nothing published before: no wait
+        publisher.put([(new, {"start": 0, "tokens": [[9, "n", 0.0]]})])
+        arrived("new", 1, 0.3)  # a first chunk inside the interval goes at once
+        for i in range(8, 11):  # three steps' tokens of the running stream inside one interval
+            publisher.put([(running, {"start": i, "tokens": [[i, "y", 0.0]]})])
+        publisher.put([(running, None)])  # finished: the result is released after its last chunk
+        assert running.done.wait(2)
+    finally:
+        publisher.close()
+    assert [c["start"] for c in sink.chunks["running"]] == [7, 8]
+    assert [t[0] for t in sink.chunks["running"][1]["tokens"]] == [8, 9, 10]
