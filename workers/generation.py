@@ -20,7 +20,9 @@ finished one frees its row at once; nobody queues behind a long generation.
 Streaming: after each step the newly safe tokens of every sequence with a stream channel go
 to a `StreamPublisher` thread, which hands them to the `StreamSink` (Redis: one pipelined
 PUBLISH per chunk on `genserve:stream:<id>`, to which the gateway subscribed before
-enqueueing; embedded: an in-process callback) while the next step runs. A PUBLISH nobody
+enqueueing; embedded: an in-process callback) while the next step runs, at most every
+`stream_interval_ms`. Newcomers' first tokens are published by the decode thread itself,
+before the next step (time to first token: no thread hand-over, no interval). A PUBLISH nobody
 received means the client went away: the sequence is dropped at the next step. The final
 result (all tokens, text, finish reason) returns through Celery as usual, released only
 after the sequence's last chunk was published.
@@ -249,6 +251,24 @@ class StreamPublisher:
                 self._urgent = self._urgent or any(c is not None and c["start"] == 0 for _, c in items)
                 self._cond.notify()
 
+    def publish_now(self, items: list[tuple[Sequence, dict[str, Any]]]) -> None:
+        """Publish from the calling thread: newcomers' first tokens, without a thread hand-over.
+
+        Safe beside the publisher thread: nothing of these sequences was queued before.
+        """
+        chunks = self._coalesce(items)
+        if chunks:
+            self._deliver(chunks)
+
+    def _deliver(self, chunks: list[tuple[Sequence, dict[str, Any]]]) -> None:
+        try:
+            delivered = self._sink.publish([(seq.channel, chunk) for seq, chunk in chunks])
+        except Exception:  # streaming is best effort: the final result carries every token
+            log.warning("publishing %d stream chunks failed", len(chunks), exc_info=True)
+            delivered = [True] * len(chunks)
+        with self._cond:
+            self._gone.update(seq for (seq, _), ok in zip(chunks, delivered) if not ok)
+
     def take_gone(self) -> set[Sequence]:
         with self._cond:
             gone, self._gone = self._gone, set()
@@ -276,13 +296,8 @@ class StreamPublisher:
                 items, self._items, self._urgent = self._items, [], False
             last = time.monotonic()
             chunks = self._coalesce(items)
-            try:
-                delivered = self._sink.publish([(seq.channel, chunk) for seq, chunk in chunks]) if chunks else []
-            except Exception:  # streaming is best effort: the final result carries every token
-                log.warning("publishing %d stream chunks failed", len(chunks), exc_info=True)
-                delivered = [True] * len(chunks)
-            with self._cond:
-                self._gone.update(seq for (seq, _), ok in zip(chunks, delivered) if not ok)
+            if chunks:
+                self._deliver(chunks)
             for seq, chunk in items:
                 if chunk is None:
                     seq.done.set()
@@ -379,7 +394,9 @@ class DecodeScheduler:
         first: list[tuple[Sequence, dict[str, Any]]] = []
         for seq in admitted:
             self._prefill(seq, first)
-        self._stream(first)  # newcomers' first tokens go out before the batch's next step
+        if self.publisher is not None and first:  # newcomers' first tokens go out before the next step
+            self.publisher.publish_now(first)
+        self._stream([])
         if self.batch.rows:
             messages: list[tuple[Sequence, dict[str, Any]]] = []
             self._decode_step(messages)
