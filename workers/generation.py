@@ -201,25 +201,40 @@ class DecodeBatch:
         self._reserve(self.width)
 
     def keep(self, alive: list[bool]) -> None:
-        """Drop finished rows; then leading columns no row uses, once they make a block."""
+        """Drop finished rows; then leading columns no row uses, once they make a block.
+
+        Every step reads the whole capacity (masked columns too), so the buffers shrink with
+        the batch: an empty batch starts again from nothing, and dropping leading columns
+        moves the rest into buffers sized for what is left. (Keeping the largest capacity
+        ever reached made every later step attend over it: a long-lived scheduler ran 8
+        streams at 1,682 tokens/s instead of 2,000-2,500.)
+        """
         index = np.flatnonzero(alive)
-        n = len(index)
+        n, max_rows = len(index), self.mask.shape[0]
         self.rows = [self.rows[i] for i in index]
+        if n == 0:
+            self.width = 0
+            self.mask = np.zeros((max_rows, 0), dtype=np.int64)
+            self.cache = [np.zeros_like(c[:, :, :0]) for c in self.cache]
+            return
+        used = self.mask[index, : self.width].any(axis=0)
+        first = int(np.argmax(used)) if used.any() else self.width
+        if first >= self.BLOCK:
+            width = self.width - first
+            capacity = -(-(width + 1) // self.BLOCK) * self.BLOCK
+            mask = np.zeros((max_rows, capacity), dtype=np.int64)
+            mask[:n, :width] = self.mask[index, first : self.width]
+            cache = []
+            for buffer in self.cache:
+                moved = np.zeros((max_rows, buffer.shape[1], capacity, buffer.shape[3]), buffer.dtype)
+                moved[:n, :, :width] = buffer[index, :, first : self.width]
+                cache.append(moved)
+            self.mask, self.cache, self.width = mask, cache, width
+            return
         for buffer in self.cache:
             buffer[:n] = buffer[index]
         self.mask[:n] = self.mask[index]
         self.mask[n:] = 0
-        if n == 0:
-            self.width = 0
-            return
-        used = self.mask[:n, : self.width].any(axis=0)
-        first = int(np.argmax(used)) if used.any() else self.width
-        if first >= self.BLOCK:
-            for buffer in self.cache:
-                buffer[:, :, : self.width - first] = buffer[:, :, first : self.width]
-            self.mask[:, : self.width - first] = self.mask[:, first : self.width]
-            self.mask[:, self.width - first :] = 0
-            self.width -= first
 
 
 class StreamPublisher:

@@ -181,3 +181,31 @@ def test_publisher_interval_joins_chunks_but_never_delays_a_first_chunk():
         publisher.close()
     assert [c["start"] for c in sink.chunks["running"]] == [7, 8]
     assert [t[0] for t in sink.chunks["running"][1]["tokens"]] == [8, 9, 10]
+
+
+def test_decode_batch_buffers_shrink_with_the_batch():
+    """Every step reads the whole capacity: it must follow the live rows, not the largest batch ever."""
+    from genserve.workers.generation import CacheSpec, DecodeBatch, Sequence
+
+    spec = CacheSpec(layers=1, heads=2, head_dim=4)
+    batch = DecodeBatch(spec, max_rows=4)
+
+    def prefilled(length: int, value: float) -> list[np.ndarray]:
+        return [np.full((1, 2, length, 4), value, np.float32)] * 2
+
+    def step() -> None:
+        batch.append([np.full((len(batch.rows), 2, 1, 4), 9.0, np.float32)] * 2)
+
+    rows = [Sequence([1], None, 10, None, None, None, False, None, 0.0) for _ in range(2)]
+    batch.add(rows[0], prefilled(3, 1.0))
+    for _ in range(100):
+        step()
+    batch.add(rows[1], prefilled(2, 2.0))  # joins late: right-aligned at column 103
+    step()
+    assert batch.width == 104 and batch.mask.shape[1] == 128
+    batch.keep([False, True])  # the long row leaves: only the late row's 3 columns stay
+    assert batch.width == 3 and batch.mask.shape[1] == DecodeBatch.BLOCK
+    assert batch.mask[0, :3].tolist() == [1, 1, 1] and not batch.mask[0, 3:].any() and not batch.mask[1:].any()
+    assert batch.cache[0][0, 0, :3, 0].tolist() == [2.0, 2.0, 9.0]  # its keys moved with it
+    batch.keep([False])
+    assert batch.width == 0 and batch.mask.shape[1] == 0 and batch.cache[0].shape[2] == 0
