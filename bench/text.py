@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--model", default="gpt")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--runs", type=int, default=3, help="repetitions of each in-process timing (best kept)")
+    parser.add_argument("--runs", type=int, default=5, help="rounds of each timing (best kept for single timings, medians for rates)")
     parser.add_argument("--ttft-runs", type=int, default=30)
     parser.add_argument("--no-service", action="store_true", help="in-process measurements only")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
