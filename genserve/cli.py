@@ -186,8 +186,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings)
     pool, concurrency = worker_pool(settings)
-    # Long tasks keep their messages: renew the visibility lease of each message held.
-    install(settings.broker_url, settings.worker.visibility_timeout_s)
+    # Long tasks keep their messages: renew the visibility lease of each message held (the
+    # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        install(settings.broker_url, settings.worker.visibility_timeout_s)
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
