@@ -17,12 +17,7 @@ import torch.nn.functional as F
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import inception_score, judge
 from genserve.export.models.cnn_classifier import CNN_SPEC, CNNClassifier, CNNConfig
-from genserve.export.publishing import (
-    DIGIT_HELDOUT_FRACTION,
-    digit_split,
-    publish_model,
-    training_record,
-)
+from genserve.export.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes about 15 s on 2 idle CPU cores.
@@ -113,9 +108,8 @@ def build_digits(
                               lr=lr, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
     if train_only:
         return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
-    training = training_record(
-        dataset, len(x_train), len(x_held), f"stratified {DIGIT_HELDOUT_FRACTION:.0%}, seed {seed}",
-        result, batch_size=batch_size, lr=lr, optimizer="Adam", seed=seed,
+    training = digit_training_record(
+        dataset, x_train, x_held, seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
         augmentation=f"random shifts of up to {MAX_SHIFT} pixels",
     )
     return publish_model(

@@ -16,12 +16,7 @@ import torch
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import psnr
 from genserve.export.models.dae import DAE, DAE_SPEC, DAEConfig, add_noise
-from genserve.export.publishing import (
-    DIGIT_HELDOUT_FRACTION,
-    digit_split,
-    publish_model,
-    training_record,
-)
+from genserve.export.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes under a minute on 2 CPU cores.
@@ -116,9 +111,8 @@ def build_dae(
                        checkpoint_dir=checkpoint_dir, progress=progress)
     if train_only:
         return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
-    training = training_record(
-        dataset, len(x_train), len(x_held), f"stratified {DIGIT_HELDOUT_FRACTION:.0%}, seed {seed}",
-        result, batch_size=batch_size, lr=lr, optimizer="Adam", seed=seed,
+    training = digit_training_record(
+        dataset, x_train, x_held, seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
         noise=f"Gaussian, sigma uniform in {TRAIN_SIGMA} per image, clipped to [0, 1]",
     )
     return publish_model(

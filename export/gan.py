@@ -32,8 +32,8 @@ from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import digit_generation_metrics, face_generation_metrics
 from genserve.export.models.dcgan import DCGAN_SPEC, GAN, GANConfig, class_of
 from genserve.export.publishing import (
-    DIGIT_HELDOUT_FRACTION,
     digit_split,
+    digit_training_record,
     load_latest,
     publish_model,
     training_record,
@@ -195,9 +195,8 @@ def build_gan(
     metrics = digit_generation_metrics(classifier, samples, x_held, x_train, requested)
     classes = 0 if config.label_from_latent else config.num_classes  # labels a client can ask for
     grid = draw(result.model, 100 if classes else 64, seed + 1)[0]
-    training = training_record(
-        dataset, len(x_train), len(x_held), f"stratified {DIGIT_HELDOUT_FRACTION:.0%}, seed {seed}",
-        result, batch_size=batch_size, lr=LR, optimizer=f"Adam, betas {BETAS}", seed=seed,
+    training = digit_training_record(
+        dataset, x_train, x_held, seed, result, batch_size=batch_size, lr=LR, optimizer=f"Adam, betas {BETAS}",
         stabilisation=stabilisation(config), metrics_judge=judge_ref, metric_samples=metric_samples,
     )
     return publish_model(

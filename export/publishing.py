@@ -102,6 +102,13 @@ def load_latest(repo_root: Path, name: str) -> tuple[nn.Module, Manifest] | None
     return load_published(repository, manifest), manifest
 
 
+def digit_training_record(dataset: str, x_train: np.ndarray, x_held: np.ndarray, seed: int, fit: Any,
+                          **knobs: Any) -> dict[str, Any]:
+    """`training_record` for the digit families, which all split as `digit_split` does."""
+    return training_record(dataset, len(x_train), len(x_held),
+                           f"stratified {DIGIT_HELDOUT_FRACTION:.0%}, seed {seed}", fit, seed=seed, **knobs)
+
+
 def training_record(
     dataset: str, n_train: int, n_heldout: int, split: str, fit: Any, **knobs: Any
 ) -> dict[str, Any]:

@@ -303,9 +303,9 @@ class StreamPublisher:
                     self._cond.wait()
                 if not self._items:
                     return
-                pause = 0.0 if self._urgent else self._interval_s - (time.monotonic() - last)
+                pause = self._interval_s - (time.monotonic() - last)
             if pause > 0:
-                with self._cond:  # the tokens of the next steps join this publish
+                with self._cond:  # the tokens of the next steps join this publish; a first chunk ends the wait
                     self._cond.wait_for(lambda: self._urgent or self._closed, timeout=pause)
             with self._cond:
                 items, self._items, self._urgent = self._items, [], False
