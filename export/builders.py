@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from genserve.export.options import RunOptions
+
 
 @dataclass
 class BuildOptions:
@@ -23,6 +25,11 @@ class BuildOptions:
     conditional: bool = False  # class-conditional variant, where the family has one
     progress: bool = True
     train_only: bool = False
+
+    @property
+    def run(self) -> RunOptions:
+        return RunOptions(seed=self.seed, data_path=self.data_path, limit=self.limit, checkpoint_dir=self.checkpoint_dir,
+                          progress=self.progress, train_only=self.train_only)
 
 
 def build_vae(options: BuildOptions) -> Path:
@@ -43,9 +50,7 @@ def build_gpt(options: BuildOptions) -> Path:
     """The GPT on the pydoc prose (or --data text files); --epochs counts passes over the tokens."""
     from genserve.export.gpt_pipeline import build_gpt as pipeline_build_gpt
 
-    return pipeline_build_gpt(options.repo_root, name=options.name, epochs=options.epochs, seed=options.seed,
-                              data_path=options.data_path, limit=options.limit, checkpoint_dir=options.checkpoint_dir,
-                              progress=options.progress, train_only=options.train_only)
+    return pipeline_build_gpt(options.repo_root, name=options.name, epochs=options.epochs, run=options.run)
 
 
 def build_textclf(options: BuildOptions) -> Path:
@@ -63,11 +68,9 @@ def build_textclf(options: BuildOptions) -> Path:
 
 
 def image_options(options: BuildOptions) -> dict[str, object]:
-    """The BuildOptions every image pipeline takes, as keyword arguments; epochs only when given."""
+    """What every image pipeline takes from BuildOptions, as keyword arguments; epochs only when given."""
     given = {"epochs": options.epochs} if options.epochs else {}
-    return {"name": options.name, "seed": options.seed, "data_path": options.data_path,
-            "limit": options.limit, "checkpoint_dir": options.checkpoint_dir,
-            "progress": options.progress, "train_only": options.train_only, **given}
+    return {"name": options.name, "run": options.run, **given}
 
 
 def build_dae(options: BuildOptions) -> Path:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import inception_score, judge
 from genserve.export.models.cnn_classifier import CNN_SPEC, CNNClassifier, CNNConfig
+from genserve.export.options import RunOptions
 from genserve.export.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
@@ -93,23 +94,18 @@ def build_digits(
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
-    seed: int = 0,
-    data_path: Path | None = None,
-    limit: int | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    train_only: bool = False,
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train (resuming); unless train_only, measure, export and publish the next version of
     `name` and return its directory (train_only: the checkpoint directory)."""
     config = config or CNNConfig()
-    x_train, y_train, x_held, y_held, dataset = digit_split(data_path, limit, seed)
-    result = train_classifier(config, x_train, y_train, epochs=epochs, batch_size=batch_size,
-                              lr=lr, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
-    if train_only:
-        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
+    x_train, y_train, x_held, y_held, dataset = digit_split(run.data_path, run.limit, run.seed)
+    result = train_classifier(config, x_train, y_train, epochs=epochs, batch_size=batch_size, lr=lr,
+                              seed=run.seed, checkpoint_dir=run.checkpoint_dir, progress=run.progress)
+    if run.train_only:
+        return run.trained(repo_root)
     training = digit_training_record(
-        dataset, x_train, x_held, seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
+        dataset, x_train, x_held, run.seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
         augmentation=f"random shifts of up to {MAX_SHIFT} pixels",
     )
     return publish_model(

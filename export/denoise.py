@@ -16,6 +16,7 @@ import torch
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import psnr
 from genserve.export.models.dae import DAE, DAE_SPEC, DAEConfig, add_noise
+from genserve.export.options import RunOptions
 from genserve.export.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
@@ -96,28 +97,23 @@ def build_dae(
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
-    seed: int = 0,
-    data_path: Path | None = None,
-    limit: int | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    train_only: bool = False,
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train (resuming); unless train_only, measure, export and publish the next version of
     `name` and return its directory (train_only: the checkpoint directory)."""
     config = config or DAEConfig()
-    x_train, _, x_held, y_held, dataset = digit_split(data_path, limit, seed)
-    result = train_dae(config, x_train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress)
-    if train_only:
-        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
+    x_train, _, x_held, y_held, dataset = digit_split(run.data_path, run.limit, run.seed)
+    result = train_dae(config, x_train, epochs=epochs, batch_size=batch_size, lr=lr, seed=run.seed,
+                       checkpoint_dir=run.checkpoint_dir, progress=run.progress)
+    if run.train_only:
+        return run.trained(repo_root)
     training = digit_training_record(
-        dataset, x_train, x_held, seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
+        dataset, x_train, x_held, run.seed, result, batch_size=batch_size, lr=lr, optimizer="Adam",
         noise=f"Gaussian, sigma uniform in {TRAIN_SIGMA} per image, clipped to [0, 1]",
     )
     return publish_model(
         repo_root, name, DAE_SPEC, result.model,
         image=ImageSpec(channels=config.channels, height=config.height, width=config.width),
-        training=training, metrics=psnr_metrics(result.model, x_held, seed),
-        grid=(denoise_grid(result.model, x_held, seed), 8),
+        training=training, metrics=psnr_metrics(result.model, x_held, run.seed),
+        grid=(denoise_grid(result.model, x_held, run.seed), 8),
     )

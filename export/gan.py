@@ -21,6 +21,7 @@ brought it to 9.2 with 97% of samples in the requested class.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from genserve.export.faces import describe_faces, load_faces, load_nonfaces, spl
 from genserve.export.fit import FitResult, fit, init_module, run_settings
 from genserve.export.metrics import digit_generation_metrics, face_generation_metrics
 from genserve.export.models.dcgan import DCGAN_SPEC, GAN, GANConfig, class_of
+from genserve.export.options import RunOptions
 from genserve.export.publishing import (
     digit_split,
     digit_training_record,
@@ -174,23 +176,19 @@ def build_gan(
     config: GANConfig | None = None,
     epochs: int = DEFAULT_DIGIT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    data_path: Path | None = None,
-    limit: int | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    train_only: bool = False,
+    run: RunOptions = RunOptions(),
     metric_samples: int = METRIC_SAMPLES,
 ) -> Path:
     """The digit DCGAN: train (resuming); unless train_only, judge with the digit classifier,
     export and publish the next version of `name` (train_only: the checkpoint directory)."""
     config = config or DIGIT_GAN
-    x_train, y_train, x_held, y_held, dataset = digit_split(data_path, limit, seed)
+    seed = run.seed
+    x_train, y_train, x_held, y_held, dataset = digit_split(run.data_path, run.limit, seed)
     result = train_gan(config, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, desc=f"train {name}")
-    if train_only:
-        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
-    classifier, judge_ref = judge_for(repo_root, seed, data_path, limit, progress)
+                       checkpoint_dir=run.checkpoint_dir, progress=run.progress, desc=f"train {name}")
+    if run.train_only:
+        return run.trained(repo_root)
+    classifier, judge_ref = judge_for(repo_root, run)
     samples, requested = draw(result.model, metric_samples, seed)
     metrics = digit_generation_metrics(classifier, samples, x_held, x_train, requested)
     classes = 0 if config.label_from_latent else config.num_classes  # labels a client can ask for
@@ -208,18 +206,16 @@ def build_gan(
     )
 
 
-def judge_for(
-    repo_root: Path, seed: int, data_path: Path | None, limit: int | None, progress: bool
-) -> tuple[nn.Module, str]:
-    """The digit classifier of the repository (building it when absent) and its reference."""
+def judge_for(repo_root: Path, run: RunOptions) -> tuple[nn.Module, str]:
+    """The digit classifier of the repository (building it when absent, on the same digits)
+    and its reference."""
     found = load_latest(repo_root, JUDGE)
     if found is None:
         from genserve.export.classify import build_digits
 
         log.warning("no %r classifier in %s to judge the digits; building it first",
                     JUDGE, repo_root)
-        build_digits(repo_root, name=JUDGE, seed=seed, data_path=data_path, limit=limit,
-                     progress=progress)
+        build_digits(repo_root, name=JUDGE, run=replace(run, checkpoint_dir=None, train_only=False))
         found = load_latest(repo_root, JUDGE)
     classifier, manifest = found
     return classifier, manifest.ref
@@ -232,25 +228,21 @@ def build_faces(
     config: GANConfig | None = None,
     epochs: int = DEFAULT_FACE_EPOCHS,
     batch_size: int = FACE_BATCH_SIZE,
-    seed: int = 0,
-    data_path: Path | None = None,
-    limit: int | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    train_only: bool = False,
+    run: RunOptions = RunOptions(),
     metric_samples: int = METRIC_SAMPLES,
 ) -> Path:
     """The face DCGAN on LFW (or a folder of faces): train on the training faces and their
     mirror images (resuming); unless train_only, measure, export and publish."""
     config = config or FACE_GAN
-    faces = load_faces(data_path, size=(config.height, config.width), limit=limit)
+    seed, data_path = run.seed, run.data_path
+    faces = load_faces(data_path, size=(config.height, config.width), limit=run.limit)
     train_idx, held_idx = split_faces(len(faces), FACE_HELDOUT_FRACTION, seed)
     x_train, x_held = faces[train_idx], faces[held_idx]
     mirrored = np.concatenate([x_train, x_train[..., ::-1]])  # a mirrored face is still a face
     result = train_gan(config, mirrored, None, epochs=epochs, batch_size=batch_size, seed=seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, desc=f"train {name}")
-    if train_only:
-        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
+                       checkpoint_dir=run.checkpoint_dir, progress=run.progress, desc=f"train {name}")
+    if run.train_only:
+        return run.trained(repo_root)
     samples = draw(result.model, metric_samples, seed)[0].numpy()
     lfw = data_path is None and (config.height, config.width) == (25, 25)
     nonfaces = load_nonfaces() if lfw else None  # LFW's non-faces only go with LFW's faces

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from genserve.export.gpt_export import export_gpt
 from genserve.export.models.gpt import GPT, GPT_SPEC, GPTConfig
 from genserve.export.onnx_export import ExportResult
+from genserve.export.options import RunOptions
 from genserve.export.pipeline import save_weights, tool_versions
 from genserve.export.text_corpus import (
     EOS, Document, describe_corpus, encode_stream, load_corpus, split_documents, train_tokenizer,
@@ -233,12 +234,7 @@ def build_gpt(
     epochs: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
-    seed: int = 0,
-    data_path: Path | None = None,
-    limit: int | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    train_only: bool = False,
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train, evaluate, export and publish the next version of `name`; returns its directory.
 
@@ -247,6 +243,7 @@ def build_gpt(
     `train_only` the model is trained and checkpointed, nothing is published.
     """
     started = time.perf_counter()
+    seed, data_path, limit = run.seed, run.data_path, run.limit
     config = config or GPTConfig()
     docs = load_corpus(data_path)
     if limit is not None and limit < len(docs):
@@ -259,9 +256,9 @@ def build_gpt(
     if epochs is not None:
         steps = max(1, math.ceil(epochs * len(stream) / (batch_size * config.block_size)))
     result = train_gpt(config, stream, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress)
-    if train_only:
-        return Path(checkpoint_dir) if checkpoint_dir else Path(repo_root)
+                       checkpoint_dir=run.checkpoint_dir, progress=run.progress)
+    if run.train_only:
+        return run.trained(repo_root)
     score = heldout_score(result.model, tokenizer, held_docs)
     training = {
         "dataset": describe_corpus(data_path, docs),
@@ -286,7 +283,7 @@ def build_gpt(
     samples = sample_texts(result.model, tokenizer, seed)
     path = publish_gpt(repo_root, name, result.model, tokenizer, tokenizer.token_to_id(EOS), score.metrics(),
                        training, samples)
-    if progress:
+    if run.progress:
         metrics = score.metrics()
         print(f"{name}: held-out {metrics['heldout_nats_per_token']:.3f} nats/token, "
               f"{metrics['heldout_bits_per_byte']:.3f} bits/byte; built in {time.perf_counter() - started:.0f} s")

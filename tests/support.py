@@ -43,13 +43,16 @@ def tiny_image_models(root: Path) -> Path:
     from genserve.export.models.cnn_classifier import CNNConfig
     from genserve.export.models.dae import DAEConfig
     from genserve.export.models.dcgan import GANConfig
+    from genserve.export.options import RunOptions
 
     torch.set_num_threads(1)
-    build_digits(root, config=CNNConfig(widths=(8, 16), features=32), epochs=4, limit=TINY_DIGITS, progress=False)
-    build_dae(root, config=DAEConfig(hidden=(8, 16), latent_dim=16), epochs=4, limit=TINY_DIGITS, progress=False)
+    run = RunOptions(limit=TINY_DIGITS, progress=False)
+    build_digits(root, config=CNNConfig(widths=(8, 16), features=32), epochs=4, run=run)
+    build_dae(root, config=DAEConfig(hidden=(8, 16), latent_dim=16), epochs=4, run=run)
     for name, conditional in (("gan", False), ("cgan", True)):
         config = GANConfig(latent_dim=8, features=4, num_classes=10, aux_classes=10, label_from_latent=not conditional)
-        build_gan(root, name=name, config=config, epochs=1, limit=300, progress=False, metric_samples=200)
+        build_gan(root, name=name, config=config, epochs=1, run=RunOptions(limit=300, progress=False),
+                  metric_samples=200)
     return root
 
 

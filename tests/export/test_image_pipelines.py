@@ -23,11 +23,13 @@ from genserve.export.gan import build_faces, build_gan, train_gan
 from genserve.export.models.cnn_classifier import CNNConfig
 from genserve.export.models.dae import DAEConfig
 from genserve.export.models.dcgan import GANConfig
+from genserve.export.options import RunOptions
 from genserve.export.train import CheckpointMismatchError
 from genserve.repository import ModelRepository
 
 TINY_CNN = CNNConfig(widths=(4, 8), features=16)
 TINY_GAN = GANConfig(latent_dim=8, features=4, aux_classes=10)
+QUICK = RunOptions(limit=300, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding a tiny `digits` classifier, the judge of the digit generators."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("images")
-    build_digits(root, config=TINY_CNN, epochs=1, limit=300, progress=False)
+    build_digits(root, config=TINY_CNN, epochs=1, run=QUICK)
     return root
 
 
@@ -54,7 +56,7 @@ def test_classifier_is_published_with_labels_and_logits(judged: Path) -> None:
 
 def test_denoiser_is_published_with_psnr_at_both_noise_levels(tmp_path: Path) -> None:
     """The DAE's card holds noisy and denoised PSNR at sigma 0.3 and 0.5; its graph runs."""
-    version = build_dae(tmp_path, config=DAEConfig(hidden=(4, 8), latent_dim=8), epochs=1, limit=300, progress=False)
+    version = build_dae(tmp_path, config=DAEConfig(hidden=(4, 8), latent_dim=8), epochs=1, run=QUICK)
     manifest = manifest_of(version)
     assert (manifest["kind"], manifest["loop"]) == ("dae", "image_to_image")
     for sigma in ("0.3", "0.5"):
@@ -72,7 +74,7 @@ def test_digit_gan_is_judged_by_the_repositorys_classifier(judged: Path, conditi
     the default "gan" (a class mixture) takes z alone and lists no labels."""
     config = GANConfig(latent_dim=8, features=4, aux_classes=10, num_classes=10, label_from_latent=not conditional)
     name = "cgan" if conditional else "gan"
-    version = build_gan(judged, name=name, config=config, epochs=1, limit=300, progress=False, metric_samples=200)
+    version = build_gan(judged, name=name, config=config, epochs=1, run=QUICK, metric_samples=200)
     manifest = ModelRepository(judged).resolve(name)
     assert (manifest.kind, manifest.loop, manifest.latent_dim) == ("dcgan", "latent_sampler", 8)
     assert manifest.training["metrics_judge"] == "digits:1" and manifest.conditional == conditional
@@ -93,7 +95,8 @@ def test_face_gan_trains_on_a_folder_of_images(tmp_path: Path) -> None:
         pixels = (rng.random((40 + i, 30 + 2 * i, 3)) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"face{i:02d}.{'png' if i % 2 else 'jpg'}")
     version = build_faces(tmp_path / "repo", config=GANConfig(latent_dim=8, features=4, height=25, width=25),
-                          epochs=1, batch_size=8, data_path=folder, progress=False, metric_samples=100)
+                          epochs=1, batch_size=8, run=RunOptions(data_path=folder, progress=False),
+                          metric_samples=100)
     manifest = manifest_of(version)
     assert manifest["image"]["height"] == manifest["image"]["width"] == 25
     assert manifest["training"]["n_train"] == 24 and manifest["training"]["n_heldout"] == 6

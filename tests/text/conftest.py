@@ -37,10 +37,12 @@ def gpt_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from genserve.export.gpt_pipeline import build_gpt
+    from genserve.export.options import RunOptions
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("text-repository")
-    build_gpt(root, name=GPT_NAME, config=tiny_gpt_config(), steps=40, batch_size=8, limit=12, progress=False)
+    build_gpt(root, name=GPT_NAME, config=tiny_gpt_config(), steps=40, batch_size=8,
+              run=RunOptions(limit=12, progress=False))
     return root
 
 
