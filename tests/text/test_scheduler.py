@@ -81,15 +81,38 @@ def test_concurrent_sequences_share_steps_and_match_running_alone(scheduler, loa
     assert max(scheduler.steps) == 6 and scheduler.steps[-1] == 1  # all shared, the longest finished alone
 
 
-def test_a_request_joins_a_running_batch_and_leaves_when_done(scheduler, loaded, codec, sink):
+class HeldSink(RecordingSink):
+    """Holds the first publish of a channel until released. A stream's first tokens are
+    published by the decode thread itself, so this pauses the decode loop at a known point
+    (a fast machine generates 90 tokens before a test thread could look)."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self.channel, self.reached, self.release = channel, threading.Event(), threading.Event()
+
+    def publish(self, messages: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+        if any(c == self.channel for c, _ in messages) and not self.reached.is_set():
+            self.reached.set()
+            self.release.wait(30)
+        return super().publish(messages)
+
+
+def test_a_request_joins_a_running_batch_and_leaves_when_done(loaded, codec):
     """A newcomer joins between steps of a long generation and leaves before it ends."""
-    long = scheduler.submit({**request(codec, "The ", seed=1, max_new=90), "stream": "long"})
-    while sum(len(c["tokens"]) for c in sink.chunks.get("long", [])) < 10:  # well under way, streaming
-        time.sleep(0.001)
-    assert not long.done.is_set()  # tokens were streamed before the last was computed
-    short_req = request(codec, "If the", seed=2, max_new=8)
-    short = scheduler.submit(short_req).result(30)
-    assert long.result(30)["ok"] and short == alone(loaded, codec, short_req)
+    sink = HeldSink("long")
+    scheduler = DecodeScheduler(loaded, codec, sink)
+    try:
+        long = scheduler.submit({**request(codec, "The ", seed=1, max_new=90), "stream": "long"})
+        assert sink.reached.wait(30)  # its first token is being streamed; the loop waits for it
+        short_req = request(codec, "If the", seed=2, max_new=8)
+        pending = scheduler.submit(short_req)
+        sink.release.set()
+        short = pending.result(30)
+        assert not long.done.is_set()  # the short one finished first, inside the long one's run
+        assert long.result(30)["ok"] and short == alone(loaded, codec, short_req)
+    finally:
+        sink.release.set()
+        scheduler.close()
     steps = scheduler.steps
     assert steps[0] == 1 and 2 in steps and steps[-1] == 1
     assert steps.count(2) == 7  # the newcomer's prefill gave token 1; 7 shared steps gave the rest
