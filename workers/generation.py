@@ -22,7 +22,8 @@ to a `StreamPublisher` thread, which hands them to the `StreamSink` (Redis: one 
 PUBLISH per chunk on `genserve:stream:<id>`, to which the gateway subscribed before
 enqueueing; embedded: an in-process callback) while the next step runs, at most every
 `stream_interval_ms`. Newcomers' first tokens are published by the decode thread itself,
-before the next step (time to first token: no thread hand-over, no interval). A PUBLISH nobody
+before the next step (time to first token: no thread hand-over, no interval), and a finished
+stream's last chunk ends the publisher's wait (the request's latency: no interval either). A PUBLISH nobody
 received means the client went away: the sequence is dropped at the next step. The final
 result (all tokens, text, finish reason) returns through Celery as usual, released only
 after the sequence's last chunk was published.
@@ -256,7 +257,7 @@ class StreamPublisher:
     def __init__(self, sink: StreamSink, interval_s: float = 0.0) -> None:
         self._sink = sink
         self._interval_s = interval_s  # at least this long between publishes
-        self._urgent = False  # a first chunk is queued: publish without waiting
+        self._urgent = False  # a first chunk or a finished stream is queued: publish without waiting
         self._items: list[tuple[Sequence, dict[str, Any] | None]] = []  # None: release the result
         self._gone: set[Sequence] = set()
         self._cond = threading.Condition()
@@ -268,8 +269,9 @@ class StreamPublisher:
         if items:
             with self._cond:
                 self._items.extend(items)
-                # a stream's first tokens never wait for the interval (time to first token)
-                self._urgent = self._urgent or any(c is not None and c["start"] == 0 for _, c in items)
+                # a stream's first tokens and its end never wait for the interval: the time to
+                # first token, and the request's whole latency (up to one interval longer)
+                self._urgent = self._urgent or any(c is None or c["start"] == 0 for _, c in items)
                 self._cond.notify()
 
     def publish_now(self, items: list[tuple[Sequence, dict[str, Any]]]) -> None:
@@ -311,7 +313,7 @@ class StreamPublisher:
                     return
                 pause = self._interval_s - (time.monotonic() - last)
             if pause > 0:
-                with self._cond:  # the tokens of the next steps join this publish; a first chunk ends the wait
+                with self._cond:  # the tokens of the next steps join this publish; a first chunk or an end ends the wait
                     self._cond.wait_for(lambda: self._urgent or self._closed, timeout=pause)
             with self._cond:
                 items, self._items, self._urgent = self._items, [], False
