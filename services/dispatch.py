@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, from_code
 from genserve.repository import Manifest, ModelRepository
 from genserve.services.batcher import Batcher, BatchStats
+from genserve.services.pubsub import PubSubReader
 from genserve.services.streams import LocalStreams, RedisStreams
 from genserve.settings import Settings
 
@@ -74,55 +75,37 @@ class LocalBackend:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class ResultListener:
-    """One pub/sub connection that resolves a future per awaited result key."""
+class ResultListener(PubSubReader):
+    """Resolves a future per awaited result key, from the result backend's publishes."""
 
     SWEEP_S = 0.5  # how often results older than this are re-read with GET
+    READ_TIMEOUT_S = SWEEP_S
+    IGNORE_SUBSCRIBE_MESSAGES = True
 
     def __init__(self, client: Any) -> None:
-        self._client = client
-        self._pubsub = client.pubsub()
+        super().__init__(client, "gateway")
         self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
-        self._task: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
-        # A channel nobody publishes to keeps the connection subscribed between requests.
-        self._idle_channel = f"genserve:gateway:{uuid.uuid4().hex}"
+        self._last_sweep = time.monotonic()
 
     async def expect(self, key: str) -> asyncio.Future:
-        if self._task is None:  # set before any await: exactly one listener per gateway
-            self._task = asyncio.get_running_loop().create_task(self._listen())
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = (future, time.monotonic())
-        await self._pubsub.subscribe(key)
+        await self.subscribe(key)
         return future
 
     def done(self, key: str) -> None:
         """Stop listening for `key` and delete the stored result (it has been read)."""
         self._waiters.pop(key, None)
-        self._spawn(self._pubsub.unsubscribe(key))
+        self.unsubscribe(key)
         self._spawn(self._client.delete(key))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _handle(self, message: dict[str, Any]) -> None:
+        self._resolve(message["channel"].decode(), message["data"])
 
-    async def _listen(self) -> None:
-        await self._pubsub.subscribe(self._idle_channel)
-        last_sweep = time.monotonic()
-        while True:
-            try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self.SWEEP_S)
-                if message is not None:
-                    self._resolve(message["channel"].decode(), message["data"])
-                if time.monotonic() - last_sweep >= self.SWEEP_S:
-                    last_sweep = time.monotonic()
-                    await self._sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: redis-py resubscribes on reconnect
-                log.warning("result listener: %s; retrying", exc)
-                await asyncio.sleep(0.2)
+    async def _tick(self) -> None:
+        if time.monotonic() - self._last_sweep >= self.SWEEP_S:
+            self._last_sweep = time.monotonic()
+            await self._sweep()
 
     def _resolve(self, key: str, data: bytes) -> None:
         entry = self._waiters.get(key)
@@ -136,13 +119,6 @@ class ResultListener:
             for key, data in zip(stale, await self._client.mget(stale)):
                 if data is not None:
                     self._resolve(key, data)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self._pubsub.aclose()
 
 
 class TaskPublisher:

@@ -16,12 +16,10 @@ become safe to send, and the final result still comes back through the task resu
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-import uuid
 from typing import Any
 
-log = logging.getLogger(__name__)
+from genserve.services.pubsub import PubSubReader
 
 
 class Subscription:
@@ -77,7 +75,7 @@ class LocalStreams:
             self._subs.clear()
 
 
-class RedisStreams:
+class RedisStreams(PubSubReader):
     """Distributed mode: one pub/sub connection routes every stream of this gateway."""
 
     SUBSCRIBE_TIMEOUT_S = 5.0
@@ -85,55 +83,32 @@ class RedisStreams:
     def __init__(self, client: Any) -> None:
         import msgpack
 
-        self._client = client
-        self._pubsub = client.pubsub()
+        super().__init__(client, "gateway-streams")
         self._unpack = msgpack.unpackb
         self._subs: dict[str, Subscription] = {}
         self._confirmed: dict[str, asyncio.Future] = {}
-        self._task: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
-        # A channel nobody publishes to keeps the connection subscribed between streams.
-        self._idle_channel = f"genserve:gateway-streams:{uuid.uuid4().hex}"
 
-    async def subscribe(self, channel: str) -> Subscription:
+    async def subscribe(self, channel: str) -> Subscription:  # type: ignore[override]
         from genserve.errors import BrokerUnavailableError
 
-        loop = asyncio.get_running_loop()
         sub = Subscription(channel, self)
         self._subs[channel] = sub
-        confirmed = self._confirmed[channel] = loop.create_future()
+        confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
         try:
-            if self._task is None:  # set before any await: exactly one listener per gateway
-                self._task = loop.create_task(self._listen())
-            await self._pubsub.subscribe(channel)
+            await super().subscribe(channel)
             await asyncio.wait_for(confirmed, self.SUBSCRIBE_TIMEOUT_S)
         except Exception as exc:
             self.unsubscribe(channel)
-            raise BrokerUnavailableError(f"cannot subscribe to the token stream: {exc}") from exc
+            raise BrokerUnavailableError(f"cannot subscribe to the token stream: {exc!r}") from exc
         finally:
             self._confirmed.pop(channel, None)
         return sub
 
     def unsubscribe(self, channel: str) -> None:
         if self._subs.pop(channel, None) is not None:
-            task = asyncio.get_running_loop().create_task(self._pubsub.unsubscribe(channel))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            super().unsubscribe(channel)
 
-    async def _listen(self) -> None:
-        await self._pubsub.subscribe(self._idle_channel)
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-                if message is not None:
-                    self._route(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: redis-py resubscribes on reconnect
-                log.warning("stream listener: %s; retrying", exc)
-                await asyncio.sleep(0.2)
-
-    def _route(self, message: dict[str, Any]) -> None:
+    def _handle(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
         if message["type"] == "subscribe":
             future = self._confirmed.get(channel)
@@ -141,10 +116,3 @@ class RedisStreams:
                 future.set_result(None)
         elif message["type"] == "message" and channel in self._subs:
             self._subs[channel].queue.put_nowait(self._unpack(message["data"]))
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self._pubsub.aclose()

@@ -1,0 +1,88 @@
+"""One Redis pub/sub connection per gateway for many channels, read by one task.
+
+Both the result listener (services/dispatch.py) and the token streams (services/streams.py)
+subscribe a channel per request on a shared connection. redis-py's asyncio `PubSub` opens its
+connection on the first command and is not safe against two first commands at once: both see
+no connection and each opens one, and the channels subscribed on the one that gets replaced
+are never read. So the connection is opened exactly once, by `start()` (all first callers wait
+for the same start), before any per-request subscription is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class PubSubReader:
+    """Subclasses route messages (`_handle`) and may do periodic work (`_tick`)."""
+
+    READ_TIMEOUT_S = 1.0  # longest wait for a message before `_tick` runs
+    IGNORE_SUBSCRIBE_MESSAGES = False
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client = client
+        self._pubsub = client.pubsub()
+        # A channel nobody publishes to keeps the connection subscribed between requests.
+        self._idle_channel = f"genserve:{name}:{uuid.uuid4().hex}"
+        self._started: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        """Open the connection and start reading, once; concurrent callers share the start."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._started)
+        except Exception:
+            self._started = None  # the next caller tries again
+            raise
+
+    async def _start(self) -> None:
+        await self._pubsub.subscribe(self._idle_channel)  # opens the one connection
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def subscribe(self, channel: str) -> None:
+        await self.start()
+        await self._pubsub.subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        """In the background: the caller has stopped waiting already."""
+        self._spawn(self._pubsub.unsubscribe(channel))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=self.IGNORE_SUBSCRIBE_MESSAGES,
+                                                         timeout=self.READ_TIMEOUT_S)
+                if message is not None:
+                    self._handle(message)
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: redis-py resubscribes on reconnect
+                log.warning("%s: %s; retrying", type(self).__name__, exc)
+                await asyncio.sleep(0.2)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def _tick(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._pubsub.aclose()
