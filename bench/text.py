@@ -125,7 +125,8 @@ def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tupl
     from bench.__main__ import Stack
     from genserve.v1 import inference_pb2, inference_pb2_grpc
 
-    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=0, redis_url=args.redis_url, models=model)
+    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=args.worker_threads, redis_url=args.redis_url,
+                                    models=model)
     stack = Stack(args.repository, stack_args)
     try:
         address = stack.start_gateway(batching=True)
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_REPOSITORY", "model_repository")))
     parser.add_argument("--model", default="gpt")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads")
+    parser.add_argument("--worker-threads", type=int, default=0,
+                        help="the service's worker: ONNX Runtime threads (default 0: the worker's own choice)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     parser.add_argument("--runs", type=int, default=5, help="rounds of each timing (best kept for single timings, medians for rates)")
     parser.add_argument("--ttft-runs", type=int, default=30)
