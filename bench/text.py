@@ -7,7 +7,7 @@
 3. Iteration-level batching: the worker's DecodeScheduler in-process, 8 generations of
    NEW_TOKENS tokens (temperature 0.8) one after another (one stream) vs all at once:
    total tokens/s, medians over alternating rounds; with 1 ONNX Runtime thread and with the
-   worker's default (cores / worker processes).
+   worker's default (the model's hint, else cores / worker processes).
 4. The service: Redis + `genserve worker` (its default threads) + `genserve gateway` as
    separate processes; the same with GenerateText streams through gRPC, and the time to
    first streamed token at concurrency 1 next to one prefill of the same prompt.
@@ -214,7 +214,7 @@ def main() -> None:
         eager_s = best_of(args.runs, eager)
         rows += [("PyTorch eager greedy, KV cache", f"{eager_s / new * 1e3:.3f} ms/token"),
                  ("ONNX Runtime vs eager", f"{eager_s / with_cache:.1f}x faster per token")]
-    for threads in sorted({1, intra_op_threads(WorkerSettings())}):
+    for threads in sorted({1, intra_op_threads(WorkerSettings(), manifest.serving.intra_op_threads)}):
         progress(f"scheduler: 1 vs 8 streams, {threads} ORT thread(s), {args.runs} rounds")
         settings = WorkerSettings(execution_provider="cpu", intra_op_threads=threads)
         model = ModelCache(repository, settings).get(manifest.ref)

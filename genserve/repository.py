@@ -64,6 +64,9 @@ class ServingHints(BaseModel):
 
     max_batch_size: int = 256  # samples in one ONNX Runtime call
     max_queue_delay_ms: float = 2.0  # longest a request waits for company
+    # ONNX Runtime intra-op threads the model runs best with; 0: the worker's default (cores /
+    # worker processes). A worker's GENSERVE_WORKER__INTRA_OP_THREADS overrides it.
+    intra_op_threads: int = 0
 
 
 class Manifest(BaseModel):

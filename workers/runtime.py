@@ -37,9 +37,13 @@ def requested_providers(choice: str, available: list[str]) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
-def intra_op_threads(settings: WorkerSettings) -> int:
+def intra_op_threads(settings: WorkerSettings, hint: int = 0) -> int:
+    """The operator's setting; else the model's hint (manifest serving.intra_op_threads); else
+    the cores shared among the worker's processes."""
     if settings.intra_op_threads > 0:
         return settings.intra_op_threads
+    if hint > 0:
+        return hint
     return max(1, (os.cpu_count() or 1) // max(1, settings.concurrency))
 
 
@@ -54,14 +58,14 @@ class OnnxModel:
         self._io_binding = io_binding and self.provider != "CPUExecutionProvider"
 
     @classmethod
-    def load(cls, path: str, settings: WorkerSettings) -> OnnxModel:
+    def load(cls, path: str, settings: WorkerSettings, threads_hint: int = 0) -> OnnxModel:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, _OPT_LEVELS[settings.graph_optimization]
         )
-        options.intra_op_num_threads = intra_op_threads(settings)
+        options.intra_op_num_threads = intra_op_threads(settings, threads_hint)
         options.inter_op_num_threads = settings.inter_op_threads
         spin = "1" if settings.intra_op_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
@@ -140,7 +144,7 @@ class ModelCache:
         if role not in manifest.files:
             raise ModelNotReadyError(f"{manifest.ref} has no {role!r} graph")
         path = self.repository.verified_path(manifest, role)
-        model = OnnxModel.load(str(path), self.settings)
+        model = OnnxModel.load(str(path), self.settings, manifest.serving.intra_op_threads)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
         return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings)

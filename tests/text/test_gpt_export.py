@@ -88,6 +88,16 @@ def test_published_version_carries_tokenizer_metrics_and_parity(gpt_dir):
         m["heldout_nats_per_token"] * m["heldout_tokens"] / np.log(2) / m["heldout_bytes"])
     assert manifest.parity["model"] < 1e-3
     assert (gpt_dir / "samples.txt").read_text().startswith("--- prompt")
+    assert manifest.serving.intra_op_threads == 1  # a narrow model decodes fastest on one thread
+
+
+def test_only_narrow_gpts_ask_for_one_thread():
+    from genserve.export.gpt_pipeline import SINGLE_THREAD_MAX_WIDTH, serving_hints
+    from genserve.export.models.gpt import GPTConfig
+
+    narrow, wide = (GPTConfig(n_embd=w, n_head=4) for w in (SINGLE_THREAD_MAX_WIDTH, 2 * SINGLE_THREAD_MAX_WIDTH))
+    assert serving_hints(narrow).intra_op_threads == 1 and serving_hints(wide).intra_op_threads == 0
+    assert serving_hints(wide).max_batch_size == 16
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers (dev extra)")

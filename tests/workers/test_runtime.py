@@ -153,6 +153,14 @@ def test_explicit_intra_op_threads_are_used_as_given() -> None:
     assert intra_op_threads(WorkerSettings(intra_op_threads=3, concurrency=8)) == 3
 
 
+def test_a_model_s_thread_hint_is_used_unless_the_operator_set_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manifest serving.intra_op_threads applies when the worker's setting is 0 (automatic)."""
+    monkeypatch.setattr("genserve.workers.runtime.os.cpu_count", lambda: 16)
+    assert intra_op_threads(WorkerSettings(intra_op_threads=0), hint=1) == 1
+    assert intra_op_threads(WorkerSettings(intra_op_threads=4), hint=1) == 4
+    assert intra_op_threads(WorkerSettings(intra_op_threads=0), hint=0) == 16
+
+
 @pytest.mark.parametrize(
     "cores, concurrency, expected", [(16, 1, 16), (16, 4, 4), (16, 32, 1), (None, 1, 1), (6, 0, 6)]
 )
