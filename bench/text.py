@@ -7,7 +7,9 @@
 3. Iteration-level batching: the worker's DecodeScheduler in-process, 8 generations of
    NEW_TOKENS tokens (temperature 0.8) one after another (one stream) vs all at once:
    total tokens/s, medians over alternating rounds; with 1 ONNX Runtime thread and with the
-   worker's default (the model's hint, else cores / worker processes).
+   worker's default (the model's hint, else cores / worker processes). With --user-sized,
+   the same for a GPT-2-small-shaped model (random weights): batching pays more where a
+   step's weights, read once for all rows, outweigh each row's cached keys and values.
 4. The service: Redis + `genserve worker` (its default threads) + `genserve gateway` as
    separate processes; the same with GenerateText streams through gRPC, and the time to
    first streamed token at concurrency 1 next to one prefill of the same prompt.
@@ -118,6 +120,48 @@ def scheduler_rates(loaded: LoadedModel, codec: TextCodec, ids: list[int], new: 
     return statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
 
 
+def scheduler_rows(repository: ModelRepository, ref: str, label: str, threads: set[int], ids: list[int], new: int,
+                   rounds: int) -> list[tuple[str, str]]:
+    """The scheduler's 1- and 8-stream rates for a model, at each thread count."""
+    rows = []
+    for count in sorted(threads):
+        progress(f"{label}: 1 vs 8 streams, {count} ORT thread(s), {rounds} rounds")
+        model = ModelCache(repository, WorkerSettings(execution_provider="cpu", intra_op_threads=count)).get(ref)
+        one, eight = scheduler_rates(model, TextCodec.load(model.directory, model.manifest), ids, new, rounds)
+        rows += [(f"{label} ({count} thr): tokens/s, 1 stream", f"{one:.0f}"),
+                 (f"{label} ({count} thr): tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
+    return rows
+
+
+USER_SIZED = "gpt2-small-shape"
+
+
+def user_sized_gpt(root: Path, tokenizer_dir: Path) -> str:
+    """GPT-2 small's shape (12 layers, 768 wide, 12 heads, a 50,257-row vocabulary, 124M
+    parameters) with random weights and the default GPT's tokenizer, published once through
+    the Hugging Face import: the per-step cost of a user's own checkpoint. Its text is noise;
+    only its speed is measured."""
+    if (root / USER_SIZED).is_dir():
+        return USER_SIZED
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from genserve.export.gpt_hf import import_gpt2
+
+    progress(f"building {USER_SIZED} (random weights) through the Hugging Face import")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(tokenizer_dir / "tokenizer.json", Path(tmp) / "tokenizer.json")
+        torch.manual_seed(0)
+        config = GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257,
+                            eos_token_id=0, bos_token_id=0)
+        GPT2LMHeadModel(config).save_pretrained(tmp)
+        import_gpt2(Path(tmp), root, USER_SIZED, eval_tokens=256)
+    return USER_SIZED
+
+
 def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tuple[str, str]]:
     """Tokens/s at concurrency 1 and 8 and time to first token, through gRPC, Redis and a worker."""
     import grpc
@@ -188,6 +232,9 @@ def main() -> None:
     parser.add_argument("--ttft-runs", type=int, default=30)
     parser.add_argument("--no-service", action="store_true", help="in-process measurements only")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private one")
+    parser.add_argument("--user-sized", type=int, default=0, metavar="ROUNDS",
+                        help=f"also the scheduler rows, over ROUNDS rounds, for {USER_SIZED}: GPT-2 small's shape "
+                             "with random weights (built once into the repository; needs transformers)")
     args = parser.parse_args()
 
     repository = ModelRepository(args.repository)
@@ -214,13 +261,12 @@ def main() -> None:
         eager_s = best_of(args.runs, eager)
         rows += [("PyTorch eager greedy, KV cache", f"{eager_s / new * 1e3:.3f} ms/token"),
                  ("ONNX Runtime vs eager", f"{eager_s / with_cache:.1f}x faster per token")]
-    for threads in sorted({1, intra_op_threads(WorkerSettings(), manifest.serving.intra_op_threads)}):
-        progress(f"scheduler: 1 vs 8 streams, {threads} ORT thread(s), {args.runs} rounds")
-        settings = WorkerSettings(execution_provider="cpu", intra_op_threads=threads)
-        model = ModelCache(repository, settings).get(manifest.ref)
-        one, eight = scheduler_rates(model, codec, ids, new, args.runs)
-        rows += [(f"scheduler ({threads} thr): tokens/s, 1 stream", f"{one:.0f}"),
-                 (f"scheduler ({threads} thr): tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
+    threads = {1, intra_op_threads(WorkerSettings(), manifest.serving.intra_op_threads)}
+    rows += scheduler_rows(repository, manifest.ref, "scheduler", threads, ids, new, args.runs)
+    if args.user_sized:
+        ref = user_sized_gpt(args.repository, loaded.directory)
+        rows += scheduler_rows(repository, ref, f"{ref} scheduler", {1, intra_op_threads(WorkerSettings())}, ids, new,
+                               args.user_sized)
     prefill_s = best_of(20, lambda: loaded.onnx.run(prefill_feeds(ids, CacheSpec.of(manifest.config))))
     rows.append((f"ORT prefill, {len(ids)}-token prompt", f"{prefill_s * 1e3:.2f} ms"))
     if not args.no_service:
