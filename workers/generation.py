@@ -42,7 +42,7 @@ import numpy as np
 from genserve.errors import DeadlineExceededError, InvalidArgumentError
 from genserve.workers.batching import BatchStats, Outcome, failure
 from genserve.workers.runtime import LoadedModel
-from genserve.workers.sampling import SamplingParams, TextCodec, TextState, next_token, next_tokens
+from genserve.workers.sampling import SamplingParams, TextCodec, TextState, Workspace, next_token, next_tokens
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,7 @@ class DecodeScheduler:
         self.spec = CacheSpec.of(config)
         self.batch = DecodeBatch(self.spec, self.max_batch)
         self.steps: list[int] = []  # rows in each decode step (benchmarks, tests)
+        self.workspace = Workspace()  # the sampler's buffers, reused step after step
         self._waiting: list[Sequence] = []
         self._finished: list[Sequence] = []  # done generating, result not handed out yet
         self._cond = threading.Condition()
@@ -466,7 +467,7 @@ class DecodeScheduler:
         self.batch.append([out[name] for name in self.spec.names("present")])
         rows = self.batch.rows
         tokens, logprobs = next_tokens(out["logits"][:, -1], [s.params for s in rows], [s.seen for s in rows],
-                                       [s.rng for s in rows])
+                                       [s.rng for s in rows], self.workspace)
         alive = []
         for seq, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist()):
             seq.length += 1

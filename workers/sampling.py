@@ -120,16 +120,76 @@ def truncation(logp: np.ndarray, params: SamplingParams) -> np.ndarray | None:
     return keep
 
 
+CDF_BLOCK = 256  # tokens per block of the two-level inverse-CDF lookup
+TWO_LEVEL_FROM = 4096  # smaller vocabularies take one cumulative sum (fewer numpy calls)
+
+
+class Workspace:
+    """Float64 buffers reused across decode steps. A step's logits are (rows, vocabulary):
+    with GPT-2's 50,257 tokens each buffer is megabytes, and fresh ones every step cost page
+    faults (the float64 copy alone measured 1.1 ms per step of 8 rows, 0.05 ms reused)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, columns: int) -> np.ndarray:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != columns:
+            buffer = self._buffers[name] = np.empty((max(rows, 1), columns), dtype=np.float64)
+        return buffer[:rows]
+
+
+def inverse_cdf(weights: np.ndarray, fractions: np.ndarray) -> list[int]:
+    """Per row, the first token (in id order) whose cumulative weight exceeds fraction x total.
+
+    Large vocabularies take two levels instead of a cumulative sum over every token (a
+    sequential pass that took 2.3 ms of a 50,257-token, 8-row step): sums of CDF_BLOCK-token
+    blocks (vectorised), the block holding the draw, then the cumulative sum inside that block
+    only. A draw that rounding puts past a block's end takes the block's last token; a token of
+    weight 0 (truncated away) is never returned: the draw moves to the kept token before it.
+    """
+    rows, vocabulary = weights.shape
+    if vocabulary < TWO_LEVEL_FROM:
+        cdf = np.cumsum(weights, axis=1)  # (S, V)
+        found = (cdf <= (fractions * cdf[:, -1])[:, None]).sum(axis=1)
+    else:
+        full = vocabulary // CDF_BLOCK * CDF_BLOCK
+        sums = np.empty((rows, -(-vocabulary // CDF_BLOCK)), dtype=np.float64)
+        sums[:, : full // CDF_BLOCK] = weights[:, :full].reshape(rows, -1, CDF_BLOCK).sum(axis=2)
+        if full < vocabulary:
+            sums[:, -1] = weights[:, full:].sum(axis=1)
+        before = np.cumsum(sums, axis=1)  # (S, blocks): weight up to each block's end
+        u = fractions * before[:, -1]  # (S,)
+        block = np.minimum((before <= u[:, None]).sum(axis=1), before.shape[1] - 1)  # (S,) block of the draw
+        index = block[:, None] * CDF_BLOCK + np.arange(CDF_BLOCK)  # (S, CDF_BLOCK) its tokens
+        # a short last block repeats the last token past the end: those columns come after
+        # every real one, so the first one exceeding the draw is real (or clamped to it below)
+        inside = np.take_along_axis(weights, np.minimum(index, vocabulary - 1), axis=1)
+        offset = np.where(block > 0, before[np.arange(rows), block - 1], 0.0)
+        cdf = np.cumsum(inside, axis=1) + offset[:, None]  # (S, CDF_BLOCK)
+        found = block * CDF_BLOCK + np.minimum((cdf <= u[:, None]).sum(axis=1), CDF_BLOCK - 1)
+    tokens = np.minimum(found, vocabulary - 1).tolist()
+    for i, token in enumerate(tokens):
+        while weights[i, token] == 0.0:  # a draw landing exactly on a boundary: the kept token before
+            token -= 1
+        tokens[i] = token
+    return tokens
+
+
 def next_tokens(
-    logits: np.ndarray, params: list[SamplingParams], seen: list[np.ndarray], rngs: list[np.random.Generator]
+    logits: np.ndarray, params: list[SamplingParams], seen: list[np.ndarray], rngs: list[np.random.Generator],
+    workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens (B,) and their log-probabilities (B,) from logits (B, V), one row per sequence.
 
     Vectorised over rows (a decode step samples every row at once; a few whole-array passes,
     no full log-softmax); per-row work only for rows that use the repetition penalty, top-k
-    or top-p. Row r draws one uniform from rngs[r].
+    or top-p. Row r draws one uniform from rngs[r]. A `workspace` lends the buffers.
     """
-    x = logits.astype(np.float64)  # (B, V)
+    workspace = workspace or Workspace()
+    rows, vocabulary = logits.shape
+    x = workspace.get("x", rows, vocabulary)
+    np.copyto(x, logits)  # float64 from here on
     for r, p in enumerate(params):
         if p.repetition_penalty not in (0.0, 1.0):
             hit = x[r, seen[r]]
@@ -138,28 +198,23 @@ def next_tokens(
     greedy = temperature == 0.0
     if greedy.any():  # greedy rows report logprobs at T = 1
         temperature = np.where(greedy, 1.0, temperature)
-    scaled = x / temperature[:, None] if (temperature != 1.0).any() else x
+    scaled = np.divide(x, temperature[:, None], out=x) if (temperature != 1.0).any() else x
     scaled -= scaled.max(axis=1, keepdims=True)
-    weights = np.exp(scaled)  # (B, V) unnormalised probabilities
+    weights = np.exp(scaled, out=workspace.get("weights", rows, vocabulary))  # (B, V) unnormalised
     log_total = np.log(weights.sum(axis=1))  # (B,)
-    tokens = np.argmax(scaled, axis=1)
+    tokens = np.zeros(rows, dtype=np.int64)
+    if greedy.any():
+        tokens[greedy] = np.argmax(scaled[greedy], axis=1)
     drawn = np.flatnonzero(~greedy)
     if len(drawn):
-        kept = weights[drawn] if len(drawn) < len(params) else weights  # (S, V)
+        kept = weights[drawn] if len(drawn) < rows else weights  # (S, V)
         for i, r in enumerate(drawn):
             if params[r].top_k or params[r].top_p:
                 keep = truncation(scaled[r] - log_total[r], params[r])
                 if keep is not None:
                     kept[i, ~keep] = 0.0
-        cdf = np.cumsum(kept, axis=1)  # (S, V), in token-id order
-        u = np.array([rngs[r].random() for r in drawn]) * cdf[:, -1]  # (S,)
-        picks = np.minimum((cdf <= u[:, None]).sum(axis=1), x.shape[1] - 1)
-        for i, token in enumerate(picks.tolist()):
-            while kept[i, token] == 0.0:  # a draw landing exactly on a boundary: the kept token before
-                token -= 1
-            tokens[drawn[i]] = token
-    rows = np.arange(len(tokens))
-    return tokens, scaled[rows, tokens] - log_total
+        tokens[drawn] = inverse_cdf(kept, np.array([rngs[r].random() for r in drawn]))
+    return tokens, scaled[np.arange(rows), tokens] - log_total
 
 
 def next_token(logits: np.ndarray, params: SamplingParams, seen: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:

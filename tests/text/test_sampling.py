@@ -117,3 +117,40 @@ def test_score_windows_score_every_token_once_with_half_a_context(n, block):
         assert first - start >= min(block // 2, first)  # context before the first scored token
         scored += range(first, end)
     assert scored == list(range(1, n))
+
+
+@pytest.mark.parametrize("vocabulary", [300, 4096, 5000, 50257])
+def test_inverse_cdf_finds_the_draw_s_token_at_every_vocabulary_size(vocabulary):
+    """One cumulative sum (small vocabularies) or blocks then one block (large ones, with a
+    short last block): the first token whose cumulative weight exceeds the draw, never a
+    truncated one."""
+    from genserve.workers.sampling import inverse_cdf
+
+    rng = np.random.default_rng(vocabulary)
+    weights = np.exp(rng.standard_normal((6, vocabulary)) * 3)
+    weights[1, : vocabulary // 2] = 0.0  # truncated away: a draw must land after them
+    weights[2, rng.random(vocabulary) < 0.9] = 0.0
+    fractions = rng.random(6)
+    fractions[3] = 0.0
+    got = inverse_cdf(weights.copy(), fractions)
+    for row, (w, f) in enumerate(zip(weights, fractions)):
+        cdf = np.cumsum(w)
+        want = int(np.searchsorted(cdf, f * cdf[-1], side="right"))
+        while w[want] == 0.0:
+            want -= 1
+        assert got[row] == want and w[got[row]] > 0
+
+
+def test_a_workspace_reuses_its_buffers_and_changes_no_draw():
+    from genserve.workers.sampling import Workspace, next_tokens
+
+    logits = np.random.default_rng(3).standard_normal((4, 5000)).astype(np.float32)
+    params = [SamplingParams(temperature=t, top_k=k) for t, k in ((0.8, 0), (0.0, 0), (1.0, 40), (1.3, 0))]
+    seen = [np.zeros(5000, dtype=bool)] * 4
+    alone = next_tokens(logits, params, seen, [np.random.default_rng(i) for i in range(4)])
+    workspace = Workspace()
+    for _ in range(2):
+        shared = next_tokens(logits, params, seen, [np.random.default_rng(i) for i in range(4)], workspace)
+        assert (alone[0] == shared[0]).all() and (alone[1] == shared[1]).all()
+    first = workspace.get("x", 4, 5000)
+    assert workspace.get("x", 2, 5000).base is first.base  # fewer rows: the same buffer
