@@ -121,12 +121,12 @@ def scheduler_rates(loaded: LoadedModel, codec: TextCodec, ids: list[int], new: 
 
 
 def scheduler_rows(repository: ModelRepository, ref: str, label: str, threads: set[int], ids: list[int], new: int,
-                   rounds: int) -> list[tuple[str, str]]:
+                   rounds: int, provider: str = "cpu") -> list[tuple[str, str]]:
     """The scheduler's 1- and 8-stream rates for a model, at each thread count."""
     rows = []
     for count in sorted(threads):
         progress(f"{label}: 1 vs 8 streams, {count} ORT thread(s), {rounds} rounds")
-        model = ModelCache(repository, WorkerSettings(execution_provider="cpu", intra_op_threads=count)).get(ref)
+        model = ModelCache(repository, WorkerSettings(execution_provider=provider, intra_op_threads=count)).get(ref)
         one, eight = scheduler_rates(model, TextCodec.load(model.directory, model.manifest), ids, new, rounds)
         rows += [(f"{label} ({count} thr): tokens/s, 1 stream", f"{one:.0f}"),
                  (f"{label} ({count} thr): tokens/s, 8 streams", f"{eight:.0f}  ({eight / one:.1f}x one stream)")]
@@ -169,7 +169,7 @@ def service(args: argparse.Namespace, model: str, prefill_s: float) -> list[tupl
     from bench.__main__ import Stack
     from genserve.v1 import inference_pb2, inference_pb2_grpc
 
-    stack_args = argparse.Namespace(workers=1, provider="cpu", threads=args.worker_threads, redis_url=args.redis_url,
+    stack_args = argparse.Namespace(workers=1, provider=args.provider, threads=args.worker_threads, redis_url=args.redis_url,
                                     models=model)
     stack = Stack(args.repository, stack_args)
     try:
@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_REPOSITORY", "model_repository")))
     parser.add_argument("--model", default="gpt")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads")
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                        help="ONNX Runtime's execution provider for every ORT row and the service's worker")
     parser.add_argument("--worker-threads", type=int, default=0,
                         help="the service's worker: ONNX Runtime threads (default 0: the worker's own choice)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
@@ -239,14 +241,15 @@ def main() -> None:
 
     repository = ModelRepository(args.repository)
     manifest = repository.resolve(args.model)
-    loaded = ModelCache(repository, WorkerSettings(execution_provider="cpu", intra_op_threads=args.threads)).get(manifest.ref)
+    loaded = ModelCache(repository, WorkerSettings(execution_provider=args.provider, intra_op_threads=args.threads)).get(manifest.ref)
     codec = TextCodec.load(loaded.directory, manifest)
     ids = codec.encode(PROMPT)
     new = min(args.new_tokens, manifest.config["block_size"] - len(ids))
     rows: list[tuple[str, str]] = [
         ("model", f"{manifest.ref}: {manifest.config['n_layer']} layers, {manifest.config['n_embd']} wide, "
                   f"vocab {manifest.config['vocab_size']}, context {manifest.config['block_size']}"),
-        ("machine", f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {args.threads} thread(s)"),
+        ("machine", f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {args.threads} thread(s), "
+                    f"ONNX Runtime on {loaded.onnx.provider}"),
     ]
 
     progress(f"ORT greedy with and without the KV cache, {new} tokens, best of {args.runs}")
@@ -256,17 +259,17 @@ def main() -> None:
              ("ORT greedy, recompute prefix", f"{without / new * 1e3:.3f} ms/token"),
              ("KV cache speed-up", f"{without / with_cache:.1f}x")]
     progress("PyTorch eager greedy")
-    eager = torch_greedy(repository, loaded, ids, new, args.threads)
+    eager = torch_greedy(repository, loaded, ids, new, args.threads) if args.provider == "cpu" else None  # CPU vs CPU only
     if eager is not None:
         eager_s = best_of(args.runs, eager)
         rows += [("PyTorch eager greedy, KV cache", f"{eager_s / new * 1e3:.3f} ms/token"),
                  ("ONNX Runtime vs eager", f"{eager_s / with_cache:.1f}x faster per token")]
     threads = {1, intra_op_threads(WorkerSettings(), manifest.serving.intra_op_threads)}
-    rows += scheduler_rows(repository, manifest.ref, "scheduler", threads, ids, new, args.runs)
+    rows += scheduler_rows(repository, manifest.ref, "scheduler", threads, ids, new, args.runs, args.provider)
     if args.user_sized:
         ref = user_sized_gpt(args.repository, loaded.directory)
         rows += scheduler_rows(repository, ref, f"{ref} scheduler", {1, intra_op_threads(WorkerSettings())}, ids, new,
-                               args.user_sized)
+                               args.user_sized, args.provider)
     prefill_s = best_of(20, lambda: loaded.onnx.run(prefill_feeds(ids, CacheSpec.of(manifest.config))))
     rows.append((f"ORT prefill, {len(ids)}-token prompt", f"{prefill_s * 1e3:.2f} ms"))
     if not args.no_service:
