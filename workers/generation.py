@@ -22,11 +22,11 @@ to a `StreamPublisher` thread, which hands them to the `StreamSink` (Redis: one 
 PUBLISH per chunk on `genserve:stream:<id>`, to which the gateway subscribed before
 enqueueing; embedded: an in-process callback) while the next step runs, at most every
 `stream_interval_ms`. Newcomers' first tokens are published by the decode thread itself,
-before the next step (time to first token: no thread hand-over, no interval), and a finished
-stream's last chunk ends the publisher's wait (the request's latency: no interval either). A PUBLISH nobody
-received means the client went away: the sequence is dropped at the next step. The final
-result (all tokens, text, finish reason) returns through Celery as usual, released only
-after the sequence's last chunk was published.
+before the next step (time to first token: no thread hand-over, no interval), and a
+finished stream's last chunk ends the publisher's wait (the request's latency: no interval
+either). A PUBLISH nobody received means the client went away: the sequence is dropped at
+the next step. The final result (all tokens, text, finish reason) returns through Celery as
+usual, released only after the sequence's last chunk was published.
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def inverse_cdf(weights: np.ndarray, fractions: np.ndarray) -> list[int]:
             sums[:, -1] = weights[:, full:].sum(axis=1)
         before = np.cumsum(sums, axis=1)  # (S, blocks): weight up to each block's end
         u = fractions * before[:, -1]  # (S,)
-        block = np.minimum((before <= u[:, None]).sum(axis=1), before.shape[1] - 1)  # (S,) block of the draw
+        # (S,) the block holding each draw
+        block = np.minimum((before <= u[:, None]).sum(axis=1), before.shape[1] - 1)
         index = block[:, None] * CDF_BLOCK + np.arange(CDF_BLOCK)  # (S, CDF_BLOCK) its tokens
         # a short last block repeats the last token past the end: those columns come after
         # every real one, so the first one exceeding the draw is real (or clamped to it below)
@@ -170,15 +171,15 @@ def inverse_cdf(weights: np.ndarray, fractions: np.ndarray) -> list[int]:
         found = block * CDF_BLOCK + np.minimum((cdf <= u[:, None]).sum(axis=1), CDF_BLOCK - 1)
     tokens = np.minimum(found, vocabulary - 1).tolist()
     for i, token in enumerate(tokens):
-        while weights[i, token] == 0.0:  # a draw landing exactly on a boundary: the kept token before
+        while weights[i, token] == 0.0:  # a draw exactly on a boundary: the kept token before
             token -= 1
         tokens[i] = token
     return tokens
 
 
 def next_tokens(
-    logits: np.ndarray, params: list[SamplingParams], seen: list[np.ndarray], rngs: list[np.random.Generator],
-    workspace: Workspace | None = None,
+    logits: np.ndarray, params: list[SamplingParams], seen: list[np.ndarray],
+    rngs: list[np.random.Generator], workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokens (B,) and their log-probabilities (B,) from logits (B, V), one row per sequence.
 
