@@ -45,6 +45,12 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, help="worker processes (1: in the consumer process)")
 
 
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a client command finds the running gateway, and how long it waits."""
+    parser.add_argument("--address", default="127.0.0.1:50051")
+    parser.add_argument("--timeout", type=float, default=60.0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genserve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,8 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--label", type=int)
     generate.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
-    generate.add_argument("--address", default="127.0.0.1:50051")
-    generate.add_argument("--timeout", type=float, default=60.0)
+    _client_flags(generate)
 
     text = sub.add_parser("text", help="stream generated text through a running gateway")
     text.add_argument("model", help="text generator, e.g. gpt")
@@ -100,15 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument("--repetition-penalty", type=float)
     text.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     text.add_argument("--seed", type=int)
-    text.add_argument("--address", default="127.0.0.1:50051")
-    text.add_argument("--timeout", type=float, default=60.0)
+    _client_flags(text)
 
     classify = sub.add_parser("classify", help="classify texts through a running gateway")
     classify.add_argument("model", help="text classifier, e.g. textclf")
     classify.add_argument("texts", nargs="+")
     classify.add_argument("--top-k", type=int, default=1)
-    classify.add_argument("--address", default="127.0.0.1:50051")
-    classify.add_argument("--timeout", type=float, default=60.0)
+    _client_flags(classify)
     return parser
 
 
