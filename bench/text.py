@@ -37,7 +37,7 @@ from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
 from genserve.workers.generation import CacheSpec, DecodeBatch, DecodeScheduler, Sequence, prefill_feeds
 from genserve.workers.runtime import LoadedModel, ModelCache, intra_op_threads
-from genserve.workers.sampling import TextCodec
+from genserve.tokenization import TextCodec
 
 PROMPT = "The assert statement"
 NEW_TOKENS = 256

@@ -39,7 +39,7 @@ def systems(repository: ModelRepository, ref: str, threads: int) -> tuple[dict[s
     from genserve.export.pipeline import load_published
     from genserve.export.textclf_export import session
     from genserve.export.textclf_train import to_tensors
-    from genserve.workers.text import pad_batch
+    from genserve.tokenization import pad_batch
 
     torch.set_num_threads(threads)
     manifest = repository.resolve(ref)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from genserve.export.textclf_export import classification_metrics
-    from genserve.workers.text import TextEncoder
+    from genserve.tokenization import TextEncoder
 
     repository = ModelRepository(args.repository)
     manifest = repository.resolve(args.model)

@@ -39,7 +39,7 @@ from genserve.export.text_corpus import (
 )
 from genserve.export.train import CheckpointMismatchError, epoch_generator
 from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
-from genserve.workers.generation import score_windows
+from genserve.scoring import score_windows
 
 DEFAULT_STEPS = 400
 DEFAULT_BATCH_SIZE = 4  # windows of block_size tokens per step: 2,048 tokens

@@ -27,7 +27,7 @@ from genserve.export.onnx_export import (OPSET, PARITY_ATOL, OnnxParityError, de
 from genserve.export.textclf_train import predict_torch
 from genserve.settings import WorkerSettings
 from genserve.workers.runtime import OnnxModel
-from genserve.workers.text import pad_batch
+from genserve.tokenization import pad_batch
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"

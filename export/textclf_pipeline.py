@@ -34,7 +34,7 @@ from genserve.export.textclf_export import (INT8_FP32_NODES, check_parity, expor
                                             quantize_int8, score_all, session)
 from genserve.export.textclf_train import FinetuneSettings, finetune
 from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
-from genserve.workers.text import TextEncoder
+from genserve.tokenization import TextEncoder
 
 HELDOUT_FRACTION = 0.15  # stratified: ~420 docstrings; fp32 and int8 are scored on the same ones
 DEFAULT_SETTINGS = FinetuneSettings()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from genserve.export.models.text_classifier import TextClassifier
 from genserve.export.train import epoch_generator, load_checkpoint, save_checkpoint
-from genserve.workers.text import TextEncoder, pad_batch
+from genserve.tokenization import TextEncoder, pad_batch
 
 CHECKPOINT = "checkpoint.pt"
 WARMUP = 0.1  # fraction of the steps with a rising learning rate

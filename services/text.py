@@ -27,7 +27,7 @@ from genserve.services.models import ModelCatalog
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2
 from genserve.workers.generation import STREAM_PREFIX
-from genserve.workers.sampling import TextCodec
+from genserve.tokenization import TextCodec
 
 if TYPE_CHECKING:
     from genserve.services.dispatch import Dispatcher

@@ -42,7 +42,9 @@ import numpy as np
 from genserve.errors import DeadlineExceededError, InvalidArgumentError
 from genserve.workers.batching import BatchStats, Outcome, failure
 from genserve.workers.runtime import LoadedModel
-from genserve.workers.sampling import SamplingParams, TextCodec, TextState, Workspace, next_token, next_tokens
+from genserve.workers.sampling import SamplingParams, TextState, Workspace, next_token, next_tokens
+from genserve.scoring import score_windows
+from genserve.tokenization import TextCodec
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +75,6 @@ class RedisStreamSink:
         return [n > 0 for n in pipe.execute()]
 
 
-def score_windows(n_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
-    """(start, end, first) windows that score tokens 1..n-1 of a text once each.
-
-    Window ids[start:end] is at most block_size long and scores the targets first..end-1;
-    after the first window each moves by half a block, so every token is predicted from at
-    least half a context of real text (the usual sliding-window perplexity).
-    """
-    windows, scored, stride = [], 1, max(1, block_size // 2)
-    end = min(n_tokens, block_size)
-    while scored < n_tokens:
-        windows.append((max(0, end - block_size), end, scored))
-        scored, end = end, min(n_tokens, end + stride)
-    return windows
 
 
 @dataclass(frozen=True)

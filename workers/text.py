@@ -24,42 +24,11 @@ import numpy as np
 from genserve.errors import InvalidArgumentError, ModelNotReadyError
 from genserve.repository import Manifest
 from genserve.workers.batching import BatchStats, Feeds, Outcome, run_requests
+from genserve.tokenization import TextEncoder, pad_batch
 from genserve.workers.runtime import LoadedModel, OnnxModel
 
 TOKENS = "tokens"  # feed of ragged rows: an object array holding one int64 id array per text
 MAX_PADDING = 1.3  # a call's padded tokens stay within 1.3x its real ones (splitting calls costs little)
-
-
-class TextEncoder:
-    """A `tokenizers` tokenizer that truncates at `max_length` and never pads by itself."""
-
-    def __init__(self, tokenizer_json: str, max_length: int, pad_id: int = 0) -> None:
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
-        self.tokenizer.no_padding()  # padding is per batch, in pad_batch
-        self.tokenizer.enable_truncation(max_length)
-        self.max_length = max_length
-        self.pad_id = pad_id
-
-    @classmethod
-    def from_file(cls, path: Path | str, max_length: int, pad_id: int = 0) -> TextEncoder:
-        return cls(Path(path).read_text(encoding="utf-8"), max_length, pad_id)
-
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """One int64 id array per text, [CLS] ... [SEP], at most max_length ids."""
-        return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
-
-
-def pad_batch(rows: list[np.ndarray], pad_id: int = 0) -> dict[str, np.ndarray]:
-    """input_ids and attention_mask, both (B, T) int64, T the longest row of this batch."""
-    longest = max(len(r) for r in rows)
-    input_ids = np.full((len(rows), longest), pad_id, dtype=np.int64)  # (B, T)
-    attention_mask = np.zeros((len(rows), longest), dtype=np.int64)  # (B, T)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = row
-        attention_mask[i, : len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def ragged(rows: list[np.ndarray]) -> np.ndarray:

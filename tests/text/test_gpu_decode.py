@@ -12,7 +12,7 @@ from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
 from genserve.workers.generation import DecodeScheduler
 from genserve.workers.runtime import ModelCache
-from genserve.workers.sampling import TextCodec
+from genserve.tokenization import TextCodec
 from tests.text.conftest import GPT_NAME
 
 PROVIDER = "cuda"  # the provider under test; the CPU is the reference

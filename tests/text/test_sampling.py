@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genserve.workers.generation import score_windows
+from genserve.scoring import score_windows
 from genserve.workers.sampling import SamplingParams, TextState, next_token
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.06, 0.04]))  # probabilities known exactly

@@ -15,7 +15,7 @@ from genserve.settings import WorkerSettings
 from genserve.workers.batching import BatchStats
 from genserve.workers.generation import DecodeScheduler, generate_text, score_text
 from genserve.workers.runtime import LoadedModel, ModelCache
-from genserve.workers.sampling import TextCodec
+from genserve.tokenization import TextCodec
 from tests.text.conftest import GPT_NAME
 
 

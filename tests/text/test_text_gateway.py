@@ -86,7 +86,7 @@ def test_score_text_reports_nats_per_token_and_bits_per_byte(text_gateway, gpt_d
     from genserve.export.gpt_pipeline import score_ids
     from genserve.export.pipeline import load_published
     from genserve.repository import ModelRepository
-    from genserve.workers.sampling import TextCodec
+    from genserve.tokenization import TextCodec
 
     text = "Assert statements are a convenient way to insert debugging assertions into a program."
     response = text_gateway.inference.ScoreText(inference_pb2.ScoreTextRequest(model=GPT_NAME, text=text), timeout=30)

@@ -13,7 +13,8 @@ from genserve.settings import WorkerSettings
 from genserve.workers.batching import BatchStats
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import execute
-from genserve.workers.text import TextEncoder, classify_texts, length_groups, pad_batch, softmax, top_k
+from genserve.workers.text import classify_texts, length_groups, softmax, top_k
+from genserve.tokenization import TextEncoder, pad_batch
 from tests.textclf.conftest import MODEL
 
 LONG = "the referee stopped the match " * 40  # far past the tiny model's 48 tokens

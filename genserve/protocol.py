@@ -1,0 +1,144 @@
+"""The gateway <-> worker contract: task, queue and channel names, ops, loops, message types.
+
+Both sides import this module and nothing heavier from each other: the gateway never imports a
+worker module for a constant, the worker never imports the gateway. Everything that crosses
+Redis is described here:
+
+    task message   TaskPayload  {"model": "vae:1", "op": "generate_images", "requests": [...]}
+                   on the queue `<prefix>.<model name>`, Celery task TASK_NAME, msgpack
+    task result    TaskResult   {"results": [Outcome, ...], "provider", "calls", "worker"}
+                   stored by Celery's Redis result backend under RESULT_PREFIX + task id
+    stream chunk   StreamChunk  {"start": index of the first token, "tokens": [[id, text, logprob]]}
+                   PUBLISHed on STREAM_PREFIX + stream id while a generation runs
+
+A serving loop (the manifest's `loop`) answers a fixed set of gRPC methods; each method sends
+one op. `LOOPS` is the one table of both: the gateway checks a request's RPC against it, the
+worker's handler registry (`genserve.workers.loops.HANDLERS`) has one handler per (loop, op)
+of it, and the export side writes only loops named here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypedDict
+
+
+class Op(str, Enum):
+    """What a task message asks a worker to do with its requests."""
+
+    GENERATE_IMAGES = "generate_images"
+    DENOISE = "denoise"
+    CLASSIFY = "classify"
+    GENERATE_TEXT = "generate_text"
+    SCORE_TEXT = "score_text"
+
+    def __str__(self) -> str:  # msgpack and log lines carry the plain value
+        return self.value
+
+
+class Loop(str, Enum):
+    """A serving loop: how a worker runs one kind of model. The manifest names one."""
+
+    LATENT_SAMPLER = "latent_sampler"  # z [, label] -> image: VAEs, GANs
+    IMAGE_TO_IMAGE = "image_to_image"  # image -> image: denoising autoencoders
+    IMAGE_CLASSIFIER = "image_classifier"  # image -> logits
+    TEXT_CLASSIFIER = "text_classifier"  # token ids -> logits
+    AUTOREGRESSIVE = "autoregressive"  # token ids -> next-token logits with a key/value cache
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """The gRPC methods a loop answers and the op each one sends."""
+
+    rpcs: dict[str, Op]  # method name (as in the proto) -> op
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        return frozenset(self.rpcs.values())
+
+
+LOOPS: dict[Loop, LoopSpec] = {
+    Loop.LATENT_SAMPLER: LoopSpec({"GenerateImages": Op.GENERATE_IMAGES}),
+    Loop.IMAGE_TO_IMAGE: LoopSpec({"Denoise": Op.DENOISE}),
+    Loop.IMAGE_CLASSIFIER: LoopSpec({"Classify": Op.CLASSIFY}),
+    Loop.TEXT_CLASSIFIER: LoopSpec({"Classify": Op.CLASSIFY}),
+    Loop.AUTOREGRESSIVE: LoopSpec({"GenerateText": Op.GENERATE_TEXT, "CompleteText": Op.GENERATE_TEXT,
+                                   "ScoreText": Op.SCORE_TEXT}),
+}
+LOOP_NAMES = tuple(loop.value for loop in LOOPS)
+
+# Ops sent one request per message: each generation streams and finishes on its own, and the
+# worker batches generations per decode step instead (genserve.workers.autoregressive).
+UNGROUPED_OPS = frozenset({Op.GENERATE_TEXT})
+
+
+def rpcs_of(loop: str) -> list[str]:
+    """The gRPC methods a model with this loop answers; none for a loop this build does not know."""
+    spec = LOOPS.get(Loop(loop)) if loop in LOOP_NAMES else None
+    return list(spec.rpcs) if spec else []
+
+
+def op_for(loop: str, rpc: str) -> Op | None:
+    """The op `rpc` sends to a model with this loop, or None when the loop does not answer it."""
+    if loop not in LOOP_NAMES:
+        return None
+    return LOOPS[Loop(loop)].rpcs.get(rpc)
+
+
+# --- names on the broker -------------------------------------------------------------------
+
+TASK_NAME = "genserve.run_batch"  # the one Celery task every online request travels as
+RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend key of a task id
+STREAM_PREFIX = "genserve:stream:"  # + a stream id: channel of one generation's token chunks
+
+
+def queue_name(prefix: str, model: str) -> str:
+    """The Celery queue of a model's online requests: `<prefix>.<model name>`."""
+    return f"{prefix}.{model}"
+
+
+def stream_channel(stream_id: str) -> str:
+    return STREAM_PREFIX + stream_id
+
+
+# --- message types -------------------------------------------------------------------------
+
+
+class TaskPayload(TypedDict):
+    """One task message: requests for one model version, all of one op."""
+
+    model: str  # "name:version", resolved by the gateway
+    op: str  # an Op value
+    requests: list[dict[str, Any]]  # each as the gateway's validation wrote it (`to_task`)
+
+
+class Outcome(TypedDict, total=False):
+    """One request's result: {"ok": True, ...op outputs} or {"ok": False, "code", "message"}."""
+
+    ok: bool
+    code: str  # a genserve.errors code, when not ok
+    message: str
+
+
+class TaskResult(TypedDict):
+    """What a worker returns for a task message: one outcome per request, in order."""
+
+    results: list[Outcome]
+    provider: str  # execution provider of the session that ran it
+    calls: list[int]  # rows of each ONNX Runtime call
+    worker: str  # "host:pid"
+
+
+class StreamChunk(TypedDict):
+    """Tokens of one generation, published as they become safe to stream."""
+
+    start: int  # index of tokens[0] in the generation's output
+    tokens: list[list[Any]]  # [id, text, logprob]
+
+
+def failed(code: str, message: str) -> Outcome:
+    return {"ok": False, "code": code, "message": message}
