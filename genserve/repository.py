@@ -28,9 +28,6 @@ MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
-# Serving loops a worker knows; the manifest names one, the worker picks its code by it.
-LOOPS = ("latent_sampler", "image_to_image", "image_classifier", "text_classifier", "autoregressive")
-
 
 class TensorSpec(BaseModel):
     """One input or output of an ONNX graph; -1 marks a dynamic dimension."""
@@ -60,10 +57,9 @@ class ImageSpec(BaseModel):
 
 
 class ServingHints(BaseModel):
-    """Per-model batching knobs; settings may override them per deployment."""
+    """Per-model serving knobs the export measured; the worker's settings may override them."""
 
     max_batch_size: int = 256  # samples in one ONNX Runtime call
-    max_queue_delay_ms: float = 2.0  # longest a request waits for company
     # ONNX Runtime intra-op threads the model runs best with; 0: the worker's default (cores /
     # worker processes). A worker's GENSERVE_WORKER__INTRA_OP_THREADS overrides it.
     intra_op_threads: int = 0
@@ -76,7 +72,7 @@ class Manifest(BaseModel):
     name: str
     version: str
     kind: str  # model family: "vae", "dae", "gan", "classifier", "gpt", ...
-    loop: str  # serving loop, one of LOOPS
+    loop: str  # serving loop, a genserve.protocol.Loop value; the worker picks its code by it
     description: str = ""
     files: dict[str, OnnxFile]  # role -> file; role "model" (model.onnx) is the serving graph
     config: dict[str, Any] = Field(default_factory=dict)  # hyperparameters to rebuild the model

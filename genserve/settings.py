@@ -109,4 +109,6 @@ class Settings(BaseSettings):
         return self.result_backend or self.broker_url
 
     def queue_for(self, model_name: str) -> str:
-        return f"{self.queue_prefix}.{model_name}"
+        from genserve.protocol import queue_name
+
+        return queue_name(self.queue_prefix, model_name)

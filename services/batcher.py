@@ -16,16 +16,16 @@ Every request taken gets its own outcome, or the exception that failed its whole
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from genserve.errors import ModelNotReadyError, QueueFullError
+from genserve.protocol import TaskResult
 from genserve.settings import BatchingSettings
 
 # Sends one batch: (requests, latest deadline as a wall-clock time) -> task result.
-SendBatch = Callable[[list[dict[str, Any]], float], Awaitable[dict[str, Any]]]
+SendBatch = Callable[[list[dict[str, Any]], float], Awaitable[TaskResult]]
 
 
 @dataclass(eq=False)
@@ -38,7 +38,7 @@ class Waiting:
 
 
 @dataclass
-class BatchStats:
+class BatcherStats:
     """What the batcher formed: requests per message and samples per message."""
 
     requests_per_batch: Counter = field(default_factory=Counter)
@@ -64,7 +64,7 @@ class Batcher:
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.stats = BatchStats()
+        self.stats = BatcherStats()
         self._closed = False
 
     def submit(self, request: dict[str, Any], samples: int, deadline: float) -> asyncio.Future:
@@ -168,7 +168,3 @@ class Batcher:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def wall_deadline(timeout_s: float) -> float:
-    return time.time() + timeout_s

@@ -1,247 +1,33 @@
-"""Enqueue work and await its result within the request's deadline.
+"""The dispatcher: a validated request -> its (model, op) batcher -> the backend -> its outcome.
 
-Two backends run the same worker code (`genserve.workers.tasks.execute`):
-
-- `CeleryBackend` (distributed): publishes a Celery task to the model's queue with the
-  batch's deadline as its expiry (asynchronously, `TaskPublisher`), and waits for the Redis result backend's publish of the
-  result on the task's channel, asynchronously. Celery's own `AsyncResult.get()` would block
-  a thread and poll; here one pub/sub connection per gateway resolves every waiter, and a
-  sweep re-reads stored results in case a publish was missed (reconnect, race).
-- `LocalBackend` (embedded): no broker; a thread pool in the gateway process runs the task.
+It owns one `Batcher` per (model version, op) (services/batcher.py, the one home of gateway-side
+grouping), refuses work past the queue-depth and pending limits, and turns a failed outcome
+into the matching error. Where batches go is the backend's business (services/backends/).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import logging
-import os
-import socket
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
-from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, from_code
-from genserve.repository import Manifest, ModelRepository
-from genserve.services.batcher import Batcher, BatchStats
-from genserve.services.pubsub import PubSubReader
-from genserve.services.streams import LocalStreams, RedisStreams
+from genserve.errors import DeadlineExceededError, from_code
+from genserve.protocol import UNGROUPED_OPS, Op, Outcome, TaskResult
+from genserve.repository import Manifest
+from genserve.services.backends import Backend
+from genserve.services.batcher import Batcher, BatcherStats
 from genserve.settings import Settings
 
-log = logging.getLogger(__name__)
 
-RESULT_PREFIX = "celery-task-meta-"
-# Ops sent one request per message: each generation streams and finishes on its own, and the
-# worker batches generations per decode step (workers/generation.py) instead.
-UNGROUPED_OPS = frozenset({"generate_text"})
+def default_backend(settings: Settings) -> Backend:
+    """Embedded without a broker URL, Celery with one (imported lazily: each pulls in its side)."""
+    if settings.embedded:
+        from genserve.services.backends.local import LocalBackend
 
+        return LocalBackend(settings)
+    from genserve.services.backends.celery import CeleryBackend
 
-class Backend(Protocol):
-    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]: ...
-    async def check_capacity(self, queue: str) -> None: ...
-    async def ping(self) -> bool: ...
-    async def close(self) -> None: ...
-
-
-class LocalBackend:
-    """Embedded mode: the worker's code on a thread pool in this process."""
-
-    def __init__(self, settings: Settings) -> None:
-        from genserve.workers.runtime import ModelCache
-
-        self.streams = LocalStreams()  # token streams: the decode thread calls back into the gateway
-        self._cache = ModelCache(ModelRepository(settings.model_repository), settings.worker, streams=self.streams)
-        # task_threads: generations wait on the shared decode loop, so several must run at once
-        workers = max(settings.worker.concurrency, settings.worker.task_threads)
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="genserve-worker")
-
-    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
-        from genserve.workers.tasks import execute
-
-        payload = {"model": ref, "op": op, "requests": requests}
-        return await asyncio.get_running_loop().run_in_executor(self._pool, execute, payload, self._cache)
-
-    async def check_capacity(self, queue: str) -> None:
-        return None
-
-    async def ping(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        await self.streams.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class ResultListener(PubSubReader):
-    """Resolves a future per awaited result key, from the result backend's publishes."""
-
-    SWEEP_S = 0.5  # how often results older than this are re-read with GET
-    READ_TIMEOUT_S = SWEEP_S
-    IGNORE_SUBSCRIBE_MESSAGES = True
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(client, "gateway")
-        self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
-        self._last_sweep = time.monotonic()
-
-    async def expect(self, key: str) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self._waiters[key] = (future, time.monotonic())
-        await self.subscribe(key)
-        return future
-
-    def done(self, key: str) -> None:
-        """Stop listening for `key` and delete the stored result (it has been read)."""
-        self._waiters.pop(key, None)
-        self.unsubscribe(key)
-        self._spawn(self._client.delete(key))
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        self._resolve(message["channel"].decode(), message["data"])
-
-    async def _tick(self) -> None:
-        if time.monotonic() - self._last_sweep >= self.SWEEP_S:
-            self._last_sweep = time.monotonic()
-            await self._sweep()
-
-    def _resolve(self, key: str, data: bytes) -> None:
-        entry = self._waiters.get(key)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(data)
-
-    async def _sweep(self) -> None:
-        now = time.monotonic()
-        stale = [k for k, (f, t) in self._waiters.items() if now - t > self.SWEEP_S and not f.done()]
-        if stale:
-            for key, data in zip(stale, await self._client.mget(stale)):
-                if data is not None:
-                    self._resolve(key, data)
-
-
-class TaskPublisher:
-    """Publishes Celery task messages (protocol 2) with one asynchronous LPUSH.
-
-    Celery's `send_task` is synchronous: each call blocks the event loop for a Redis round
-    trip, which on a loaded machine waits for Redis to be scheduled. Here Celery itself builds
-    the message (`app.amqp.as_task_v2`, kombu's serializer) and only the LPUSH is ours, on
-    the gateway's asyncio Redis client: the same bytes kombu's Redis transport writes for an
-    anonymous-exchange publish, so any Celery worker consumes them.
-    """
-
-    def __init__(self, app: Any, client: Any) -> None:
-        from kombu.serialization import dumps
-
-        self._app = app
-        self._client = client
-        self._dumps = dumps
-        self._origin = f"genserve-gateway@{socket.gethostname()}:{os.getpid()}"
-
-    def encode(self, task_id: str, queue: str, payload: dict[str, Any], deadline: float) -> bytes:
-        from genserve.workers.tasks import TASK_NAME
-
-        message = self._app.amqp.as_task_v2(
-            task_id, TASK_NAME, args=[payload], kwargs={},
-            expires=datetime.fromtimestamp(deadline, tz=timezone.utc),
-            origin=self._origin, argsrepr=f"[<{len(payload['requests'])} requests for {payload['model']}>]",
-            kwargsrepr="{}",
-        )
-        content_type, encoding, body = self._dumps(message.body, serializer="msgpack")
-        properties = dict(message.properties)
-        properties.update(
-            delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=uuid.uuid4().hex,
-            delivery_info={"exchange": "", "routing_key": queue},
-        )
-        return json.dumps({
-            "body": base64.b64encode(body).decode(), "content-encoding": encoding,
-            "content-type": content_type, "headers": message.headers, "properties": properties,
-        }).encode()
-
-    async def publish(self, task_id: str, queue: str, payload: dict[str, Any], deadline: float) -> None:
-        await self._client.lpush(queue, self.encode(task_id, queue, payload, deadline))
-
-
-class CeleryBackend:
-    """Distributed mode: Celery tasks over Redis, results read asynchronously."""
-
-    QUEUE_CHECK_S = 0.25  # how stale the cached queue depth may be
-
-    def __init__(self, settings: Settings) -> None:
-        import redis.asyncio
-        from kombu.serialization import loads
-
-        from genserve.workers.app import create_app
-
-        self._redis = redis.asyncio.from_url(settings.backend_url)
-        self._broker = redis.asyncio.from_url(settings.broker_url)
-        self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
-        self._listener = ResultListener(self._redis)
-        self.streams = RedisStreams(self._redis)  # token streams of text generation
-        self._loads = loads
-        self._max_depth = settings.gateway.max_queue_depth
-        self._depth: dict[str, tuple[int, float]] = {}
-
-    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
-        task_id = uuid.uuid4().hex
-        key = RESULT_PREFIX + task_id
-        try:
-            future = await self._listener.expect(key)
-        except Exception as exc:
-            raise BrokerUnavailableError(f"result backend unreachable: {exc}") from exc
-        try:
-            try:
-                await self._publisher.publish(task_id, queue, {"model": ref, "op": op, "requests": requests}, deadline)
-            except Exception as exc:
-                raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
-            data = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.time()))
-        except asyncio.TimeoutError as exc:
-            raise DeadlineExceededError("no result before the deadline") from exc
-        finally:
-            self._listener.done(key)
-        return self._decode(data)
-
-    def _decode(self, data: bytes) -> dict[str, Any]:
-        meta = self._loads(data, content_type="application/x-msgpack", content_encoding="binary",
-                          accept={"application/x-msgpack"})
-        status = meta.get("status")
-        if status == "SUCCESS":
-            return meta["result"]
-        if status == "REVOKED":
-            raise DeadlineExceededError("the task expired in the queue before a worker reached it")
-        exc = meta.get("result") or {}
-        log.error("task failed in the worker: %s %s", exc.get("exc_type"), exc.get("exc_message"))
-        raise InternalError(f"worker failed: {exc.get('exc_type', status)}")
-
-    async def check_capacity(self, queue: str) -> None:
-        depth, at = self._depth.get(queue, (0, 0.0))
-        if time.monotonic() - at > self.QUEUE_CHECK_S:
-            try:
-                depth = await self._broker.llen(queue)
-            except Exception as exc:
-                raise BrokerUnavailableError(f"broker unreachable: {exc}") from exc
-            self._depth[queue] = (depth, time.monotonic())
-        if depth >= self._max_depth:
-            from genserve.errors import QueueFullError
-
-            raise QueueFullError(
-                f"queue {queue} holds {depth} messages (limit {self._max_depth}); retry with backoff"
-            )
-
-    async def ping(self) -> bool:
-        """Whether the broker and the result backend both answer."""
-        try:
-            await asyncio.wait_for(asyncio.gather(self._broker.ping(), self._redis.ping()), timeout=2.0)
-            return True
-        except Exception:
-            return False
-
-    async def close(self) -> None:
-        await self._listener.close()
-        await self.streams.close()
-        await self._redis.aclose()
-        await self._broker.aclose()
+    return CeleryBackend(settings)
 
 
 class Dispatcher:
@@ -249,13 +35,13 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.backend: Backend = backend or (LocalBackend(settings) if settings.embedded else CeleryBackend(settings))
+        self.backend: Backend = backend or default_backend(settings)
         self._batchers: dict[tuple[str, str], Batcher] = {}
 
-    def stats(self, ref: str) -> list[BatchStats]:
+    def stats(self, ref: str) -> list[BatcherStats]:
         return [b.stats for (r, _), b in self._batchers.items() if r == ref]
 
-    async def submit(self, manifest: Manifest, op: str, request: dict[str, Any], samples: int, timeout_s: float) -> dict[str, Any]:
+    async def submit(self, manifest: Manifest, op: Op, request: dict[str, Any], samples: int, timeout_s: float) -> Outcome:
         """The worker's outcome for one request; raises the mapped error on failure."""
         queue = self.settings.queue_for(manifest.name)
         await self.backend.check_capacity(queue)
@@ -271,11 +57,11 @@ class Dispatcher:
             raise from_code(outcome["code"], outcome["message"])
         return outcome
 
-    def _batcher(self, ref: str, queue: str, op: str) -> Batcher:
-        key = (ref, op)
+    def _batcher(self, ref: str, queue: str, op: Op) -> Batcher:
+        key = (ref, str(op))
         if key not in self._batchers:
-            async def send(requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
-                return await self.backend.run(ref, queue, op, requests, deadline)
+            async def send(requests: list[dict[str, Any]], deadline: float) -> TaskResult:
+                return await self.backend.run(ref, queue, str(op), requests, deadline)
 
             batching = self.settings.batching
             if op in UNGROUPED_OPS:

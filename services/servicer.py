@@ -8,12 +8,13 @@ from typing import AsyncIterator
 import grpc
 
 from genserve.errors import NotImplementedYetError
+from genserve.protocol import Loop, Op, rpcs_of
 from genserve.repository import Manifest
 from genserve.services import validation
 from genserve.services.errors import streaming, unary
 from genserve.services.models import ModelCatalog
 from genserve.services.dispatch import Dispatcher
-from genserve.services.text import TextService
+from genserve.services.text_generation import TextGenerationService
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
 
@@ -33,7 +34,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.settings = settings
         self.catalog = catalog
         self.dispatcher = dispatcher
-        self.text = TextService(settings, catalog, dispatcher)  # GenerateText, CompleteText, ScoreText
+        self.text = TextGenerationService(settings, catalog, dispatcher)  # GenerateText, CompleteText, ScoreText
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         return validation.timeout_from(context.time_remaining(), self.settings.gateway.default_timeout_s)
@@ -42,7 +43,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GenerateImages(self, request: inference_pb2.GenerateImagesRequest, context: grpc.aio.ServicerContext) -> inference_pb2.GenerateImagesResponse:
         manifest = self.catalog.resolve(request.model)
         params = validation.generate_images(request, manifest, self.settings.limits)
-        outcome = await self.dispatcher.submit(manifest, "generate_images", params.to_task(), params.samples(), self._timeout(context))
+        outcome = await self.dispatcher.submit(manifest, Op.GENERATE_IMAGES, params.to_task(), params.samples(), self._timeout(context))
         response = inference_pb2.GenerateImagesResponse(seed=params.seed, model=manifest.ref)
         if "images" in outcome:
             _tensor(outcome["images"], response.images)
@@ -55,7 +56,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Denoise(self, request: inference_pb2.DenoiseRequest, context: grpc.aio.ServicerContext) -> inference_pb2.DenoiseResponse:
         manifest = self.catalog.resolve(request.model)
         params = validation.denoise(request, manifest, self.settings.limits)
-        outcome = await self.dispatcher.submit(manifest, "denoise", params.to_task(), params.samples(), self._timeout(context))
+        outcome = await self.dispatcher.submit(manifest, Op.DENOISE, params.to_task(), params.samples(), self._timeout(context))
         response = inference_pb2.DenoiseResponse(model=manifest.ref)
         if "images" in outcome:
             _tensor(outcome["images"], response.images)
@@ -65,11 +66,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     @unary
     async def Classify(self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ClassifyResponse:
         manifest = self.catalog.resolve(request.model)
-        if manifest.loop == "text_classifier":
+        if manifest.loop == Loop.TEXT_CLASSIFIER:
             params = validation.classify_texts(request, manifest, self.settings.limits)
         else:
             params = validation.classify_images(request, manifest, self.settings.limits)
-        outcome = await self.dispatcher.submit(manifest, "classify", params.to_task(), params.samples(), self._timeout(context))
+        outcome = await self.dispatcher.submit(manifest, Op.CLASSIFY, params.to_task(), params.samples(), self._timeout(context))
         response = inference_pb2.ClassifyResponse(model=manifest.ref)
         for top in outcome["top"]:  # per input: [[label index, probability], ...], best first
             prediction = response.predictions.add()
@@ -120,7 +121,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
         return models_pb2.ModelInfo(
             name=manifest.name, version=manifest.version, kind=manifest.kind, loop=manifest.loop,
-            description=manifest.description, rpcs=validation.RPCS_BY_LOOP.get(manifest.loop, []),
+            description=manifest.description, rpcs=rpcs_of(manifest.loop),
             inputs=[spec(t) for t in serving.inputs], outputs=[spec(t) for t in serving.outputs],
             labels=manifest.labels, metrics=manifest.metrics, sha256=serving.sha256,
             latent_dim=manifest.latent_dim, max_batch_size=manifest.serving.max_batch_size,

@@ -10,7 +10,7 @@ from genserve.export.models import FAMILIES
 from genserve.export.models.cnn_classifier import CNNClassifier, CNNConfig
 from genserve.export.models.dae import DAE, DAEConfig, add_noise
 from genserve.export.models.dcgan import GAN, GANConfig, class_of
-from genserve.repository import LOOPS
+from genserve.protocol import LOOP_NAMES as LOOPS
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 
 from genserve.export.models import FAMILIES
 from genserve.export.models.vae import VAE, VAEConfig
-from genserve.repository import LOOPS
+from genserve.protocol import LOOP_NAMES as LOOPS
 
 
 def test_vae_is_registered_with_a_known_loop() -> None:

@@ -38,7 +38,7 @@ def test_first_subscriptions_at_once_all_receive(redis_url: str):
 
 def test_results_are_delivered_to_concurrent_first_waiters(redis_url: str):
     """The result listener's first subscriptions, made at once, all receive their publish."""
-    from genserve.services.dispatch import ResultListener
+    from genserve.services.backends.celery import ResultListener
 
     async def one_gateway() -> list[bytes]:
         client = redis.asyncio.from_url(redis_url)

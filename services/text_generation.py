@@ -21,12 +21,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from genserve.protocol import Op, StreamChunk, stream_channel
 from genserve.repository import Manifest
 from genserve.services import validation
 from genserve.services.models import ModelCatalog
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2
-from genserve.workers.generation import STREAM_PREFIX
 from genserve.tokenization import TextCodec
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def _tokens(tokens: list[Any]) -> list[inference_pb2.Token]:
     return [inference_pb2.Token(id=int(t[0]), text=t[1], logprob=float(t[2])) for t in tokens]
 
 
-class TextService:
-    """The text RPCs' bodies; the servicer delegates to these."""
+class TextGenerationService:
+    """The text generation RPCs' bodies; the servicer delegates to these."""
 
     def __init__(self, settings: Settings, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
         self.settings = settings
@@ -70,7 +70,7 @@ class TextService:
     async def _submit(self, manifest: Manifest, params: validation.GenerateTextInput, stream: str | None,
                       timeout_s: float) -> dict[str, Any]:
         task = {**params.to_task(), "stream": stream, "deadline": time.time() + timeout_s}
-        return await self.dispatcher.submit(manifest, "generate_text", task, 1, timeout_s)
+        return await self.dispatcher.submit(manifest, Op.GENERATE_TEXT, task, 1, timeout_s)
 
     async def generate(self, request: inference_pb2.GenerateTextRequest, timeout_s: float) -> AsyncIterator[inference_pb2.GenerateTextChunk]:
         """Chunks as the worker streams them; the last one carries the finish reason.
@@ -79,13 +79,14 @@ class TextService:
         one message: under load a stream sends fewer, larger chunks instead of falling behind.
         """
         manifest, params = self._generation(request, "GenerateText")
-        subscription = await self.dispatcher.backend.streams.subscribe(STREAM_PREFIX + uuid.uuid4().hex)
+        subscription = await self.dispatcher.backend.streams.subscribe(stream_channel(uuid.uuid4().hex))
         result = asyncio.ensure_future(self._submit(manifest, params, subscription.channel, timeout_s))
         result.add_done_callback(lambda _: subscription.queue.put_nowait(None))  # wakes the reader
         sent = 0  # tokens already yielded
         try:
             while not result.done():
                 fresh: list[Any] = []
+                chunk: StreamChunk | None
                 for chunk in await subscription.drain():
                     if chunk is None:
                         continue
@@ -119,7 +120,7 @@ class TextService:
         manifest = self.catalog.resolve(request.model)
         validation.require_rpc(manifest, "ScoreText")
         params = validation.score_text(request, manifest, self.settings.limits, self.codec(manifest))
-        outcome = await self.dispatcher.submit(manifest, "score_text", params.to_task(), 1, timeout_s)
+        outcome = await self.dispatcher.submit(manifest, Op.SCORE_TEXT, params.to_task(), 1, timeout_s)
         log_likelihood, n = outcome["log_likelihood"], outcome["num_tokens"]
         return inference_pb2.ScoreTextResponse(
             log_likelihood=log_likelihood, num_tokens=n, nats_per_token=-log_likelihood / n,

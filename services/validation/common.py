@@ -1,0 +1,58 @@
+"""What every RPC's validation shares: the RPC check, finite tensors, pydantic errors as one
+INVALID_ARGUMENT message, the request's deadline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from genserve.errors import DeadlineExceededError, InvalidArgumentError
+from genserve.protocol import rpcs_of
+from genserve.repository import Manifest
+from genserve.settings import LimitSettings
+
+
+def require_rpc(manifest: Manifest, rpc: str) -> None:
+    served = rpcs_of(manifest.loop)
+    if rpc not in served:
+        raise InvalidArgumentError(
+            f"model {manifest.ref} is a {manifest.kind} ({manifest.loop}); it serves "
+            f"{', '.join(served) or 'no RPC'}, not {rpc}"
+        )
+
+
+def finite_float32(array: np.ndarray, field: str) -> np.ndarray:
+    """Client tensors the models read: float32, no NaN or infinity."""
+    if array.dtype != np.float32:
+        raise ValueError(f"{field} must be DTYPE_FLOAT32, got {array.dtype.name}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{field} must be finite (no NaN or infinity)")
+    return array
+
+
+def validate(schema: type[BaseModel], raw: dict[str, Any], manifest: Manifest, limits: LimitSettings) -> Any:
+    try:
+        return schema.model_validate(raw, context={"manifest": manifest, "limits": limits})
+    except ValidationError as exc:
+        raise InvalidArgumentError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        field = ".".join(str(p) for p in error["loc"])
+        parts.append(message if field and message.startswith(field) else f"{field}: {message}" if field else message)
+    return "; ".join(parts)
+
+
+def timeout_from(remaining: float | None, default_s: float) -> float:
+    """The request's deadline as seconds from now; the default when the client set none."""
+    if remaining is None or math.isinf(remaining):
+        return default_s
+    if remaining <= 0:
+        raise DeadlineExceededError("the request's deadline had passed when it arrived")
+    return remaining
