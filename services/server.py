@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from genserve.repository import ModelRepository
 from genserve.services.dispatch import Dispatcher
-from genserve.services.models import ModelCatalog
+from genserve.services.catalog import ModelCatalog
 from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc

@@ -12,7 +12,7 @@ from genserve.protocol import Loop, Op, rpcs_of
 from genserve.repository import Manifest
 from genserve.services import validation
 from genserve.services.errors import streaming, unary
-from genserve.services.models import ModelCatalog
+from genserve.services.catalog import ModelCatalog
 from genserve.services.dispatch import Dispatcher
 from genserve.services.text_generation import TextGenerationService
 from genserve.settings import Settings

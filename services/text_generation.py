@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from genserve.protocol import Op, StreamChunk, stream_channel
 from genserve.repository import Manifest
 from genserve.services import validation
-from genserve.services.models import ModelCatalog
+from genserve.services.catalog import ModelCatalog
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2
 from genserve.tokenization import TextCodec
