@@ -5,6 +5,10 @@ Here each request is prepared on its own (a bad one fails alone), the good ones 
 along the batch axis and run in calls of at most `max_batch` rows, and the outputs are split
 back per request. If a stacked call fails, the requests are retried one by one so that only
 the request that really breaks the model fails.
+
+This is the one place the worker stacks requests of a message; the one other level of
+grouping in the worker is per decode step, inside a running generation batch
+(autoregressive.scheduler). Handlers record the calls they make in the task's `CallLog`.
 """
 
 from __future__ import annotations

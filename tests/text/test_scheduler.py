@@ -17,21 +17,7 @@ from genserve.workers.batching import CallLog
 from genserve.workers.loops.text_generation import generate_text, score_text
 from genserve.workers.runtime import LoadedModel, ModelCache
 from tests.text.conftest import GPT_NAME
-
-
-class RecordingSink:
-    """Collects chunks per channel; `listening=False` plays a client that went away."""
-
-    def __init__(self, listening: bool = True) -> None:
-        self.chunks: dict[str, list[dict[str, Any]]] = {}
-        self.listening = listening
-        self.lock = threading.Lock()
-
-    def publish(self, messages: list[tuple[str, dict[str, Any]]]) -> list[bool]:
-        with self.lock:
-            for channel, chunk in messages:
-                self.chunks.setdefault(channel, []).append(chunk)
-        return [self.listening] * len(messages)
+from tests.workers.autoregressive.test_streaming import RecordingSink
 
 
 @pytest.fixture(scope="module")
