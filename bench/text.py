@@ -35,7 +35,8 @@ import numpy as np
 
 from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
-from genserve.workers.generation import CacheSpec, DecodeBatch, DecodeScheduler, Sequence, prefill_feeds
+from genserve.workers.autoregressive.cache import CacheSpec, DecodeBatch, prefill_feeds
+from genserve.workers.autoregressive.scheduler import DecodeScheduler, Sequence
 from genserve.workers.runtime import LoadedModel, ModelCache, intra_op_threads
 from genserve.tokenization import TextCodec
 

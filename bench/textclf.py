@@ -10,7 +10,7 @@ them, with the same batches and the same number of threads:
 
 in three regimes: one text per call; calls of 32 texts in data order, padded to the longest
 (what a naive server does); and the worker's way, chunks of 32 run as calls of similar length
-(genserve.workers.text.length_groups). It prints texts/s, the speed-up over PyTorch and the
+(genserve.workers.loops.text_classification.length_groups). It prints texts/s, the speed-up over PyTorch and the
 accuracy and macro-F1 each system reaches on those texts, then the issue's targets: int8 at
 least 3x PyTorch fp32 eager throughput, with at most 1 point of accuracy lost.
 """
@@ -68,7 +68,7 @@ def regimes(n: int) -> dict[str, list[list[int]]]:
 
 def measure(run: Run, rows: list[np.ndarray], calls: list[list[int]], grouped: bool, labels: int) -> tuple[float, np.ndarray]:
     """(texts/s, logits in row order) over one pass through `calls`, after one warm-up call."""
-    from genserve.workers.text import length_groups
+    from genserve.workers.loops.text_classification import length_groups
 
     if grouped:
         calls = [[chunk[i] for i in group] for chunk in calls for group in length_groups([len(rows[j]) for j in chunk])]

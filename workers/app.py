@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from genserve.protocol import Loop
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
-from genserve.workers.generation import RedisStreamSink
+from genserve.workers.autoregressive.streaming import RedisStreamSink
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import register_tasks
 
@@ -69,7 +70,7 @@ def worker_pool(settings: Settings) -> tuple[str, int]:
     if pool == "auto":
         repository = ModelRepository(settings.model_repository)
         names = worker.queues or repository.names()
-        generates = any(m.loop == "autoregressive" for m in repository.manifests() if m.name in names)
+        generates = any(m.loop == Loop.AUTOREGRESSIVE for m in repository.manifests() if m.name in names)
         pool = "threads" if generates else "solo" if worker.concurrency == 1 else "prefork"
     return pool, worker.task_threads if pool == "threads" else worker.concurrency
 

@@ -5,6 +5,10 @@ Here each request is prepared on its own (a bad one fails alone), the good ones 
 along the batch axis and run in calls of at most `max_batch` rows, and the outputs are split
 back per request. If a stacked call fails, the requests are retried one by one so that only
 the request that really breaks the model fails.
+
+This is the one place the worker stacks requests of a message; the one other level of
+grouping in the worker is per decode step, inside a running generation batch
+(autoregressive.scheduler). Handlers record the calls they make in the task's `CallLog`.
 """
 
 from __future__ import annotations
@@ -16,27 +20,34 @@ from typing import Any, Callable
 import numpy as np
 
 from genserve.errors import GenserveError
+from genserve.protocol import Outcome, failed
 from genserve.workers.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
-Outcome = dict[str, Any]  # {"ok": True, ...outputs} or {"ok": False, "code", "message"}
 
 
 def failure(exc: BaseException) -> Outcome:
+    """The one converter of a worker-side exception to a request's outcome: a genserve error
+    keeps its code; anything else is logged with its traceback and answered INTERNAL."""
     if isinstance(exc, GenserveError):
-        return {"ok": False, "code": exc.code, "message": str(exc)}
+        return failed(exc.code, str(exc))
     log.exception("request failed inside the worker")
-    return {"ok": False, "code": "INTERNAL", "message": f"worker error: {type(exc).__name__}"}
+    return failed("INTERNAL", f"worker error: {type(exc).__name__}")
 
 
 @dataclass
-class BatchStats:
-    calls: list[int] = field(default_factory=list)  # rows in each ONNX Runtime call
+class CallLog:
+    """Rows of each ONNX Runtime call a task made (the task result's `calls`)."""
+
+    rows: list[int] = field(default_factory=list)
+
+    def record(self, rows: int) -> None:
+        self.rows.append(rows)
 
 
-def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, stats: BatchStats) -> list[Feeds]:
+def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, calls: CallLog) -> list[Feeds]:
     """Stack per-request feeds, run them in calls of <= max_batch rows, split the outputs back."""
     sizes = [len(next(iter(f.values()))) for f in feeds]
     stacked = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
@@ -46,7 +57,7 @@ def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, stats: Bat
         chunk = {name: array[start : start + max_batch] for name, array in stacked.items()}
         for name, out in model.run(chunk).items():
             parts[name].append(out)
-        stats.calls.append(len(next(iter(chunk.values()))))  # calls that ran, not attempts
+        calls.record(len(next(iter(chunk.values()))))  # calls that ran, not attempts
     merged = {name: np.concatenate(p) if len(p) > 1 else p[0] for name, p in parts.items()}
     bounds = np.cumsum([0] + sizes)
     return [{name: out[a:b] for name, out in merged.items()} for a, b in zip(bounds[:-1], bounds[1:])]
@@ -58,7 +69,7 @@ def run_requests(
     prepare: Callable[[dict[str, Any]], Feeds],
     finish: Callable[[dict[str, Any], Feeds, Feeds], Outcome],
     max_batch: int,
-    stats: BatchStats,
+    calls: CallLog,
 ) -> list[Outcome]:
     """Outcome per request, in order: prepare each, run the good ones together, finish each."""
     outcomes: list[Outcome | None] = [None] * len(requests)
@@ -70,10 +81,10 @@ def run_requests(
             outcomes[i] = failure(exc)
     if prepared:
         try:
-            outputs = run_stacked(model, [f for _, f in prepared], max_batch, stats)
+            outputs = run_stacked(model, [f for _, f in prepared], max_batch, calls)
         except Exception:
             log.warning("stacked call of %d requests failed; retrying one by one", len(prepared))
-            outputs = [_run_alone(model, f, max_batch, stats) for _, f in prepared]
+            outputs = [_run_alone(model, f, max_batch, calls) for _, f in prepared]
         for (i, feeds), out in zip(prepared, outputs):
             try:
                 outcomes[i] = out if isinstance(out, dict) and out.get("ok") is False else finish(requests[i], feeds, out)
@@ -82,8 +93,8 @@ def run_requests(
     return outcomes  # type: ignore[return-value]
 
 
-def _run_alone(model: OnnxModel, feeds: Feeds, max_batch: int, stats: BatchStats) -> Feeds | Outcome:
+def _run_alone(model: OnnxModel, feeds: Feeds, max_batch: int, calls: CallLog) -> Feeds | Outcome:
     try:
-        return run_stacked(model, [feeds], max_batch, stats)[0]
+        return run_stacked(model, [feeds], max_batch, calls)[0]
     except Exception as exc:
         return failure(exc)

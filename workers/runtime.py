@@ -110,7 +110,7 @@ class LoadedModel:
     manifest: Manifest
     onnx: OnnxModel
     directory: Path | None = None  # the version's directory (tokenizers and other files beside the graph)
-    streams: Any = None  # where a streaming loop publishes chunks (workers.generation.StreamSink)
+    streams: Any = None  # where a streaming loop publishes chunks (autoregressive.streaming.StreamSink)
     state: dict[str, Any] = field(default_factory=dict)  # per-process helpers of a loop (decode scheduler)
     settings: WorkerSettings | None = None  # the worker's settings, for loops that have their own knobs
 

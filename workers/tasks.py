@@ -1,61 +1,60 @@
 """Task entry points: decode a task message -> run its requests batched -> encode the result.
 
 `execute` is the whole worker-side protocol and needs no Celery: the Celery task, the
-embedded mode and the tests call it. Message and result are plain msgpack-able dicts:
-
-    payload = {"model": "vae:1", "op": "generate_images", "requests": [{...}, ...]}
-    result  = {"results": [{"ok": True, ...} | {"ok": False, "code", "message"}, ...],
-               "provider": "CPUExecutionProvider", "calls": [64, 12], "worker": "host:pid"}
+embedded mode and the tests call it. Message and result are the msgpack-able dicts that
+`genserve.protocol` describes (TaskPayload in, TaskResult out, one Outcome per request).
 
 Every request in a message gets an outcome; a failure that hits the whole message (model
-missing, checksum mismatch) is reported once per request, never only logged.
+missing, checksum mismatch, an op the model's loop does not serve) is reported once per
+request, never only logged.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-from typing import Any
+from typing import Callable
 
 from celery import Celery
 
 from genserve.errors import InvalidArgumentError
-from genserve.workers.batching import BatchStats, failure
-from genserve.workers.loops import HANDLERS
-from genserve.workers.runtime import ModelCache
+from genserve.protocol import LOOP_NAMES, LOOPS, TASK_NAME, Loop, Op, TaskPayload, TaskResult
+from genserve.workers.batching import CallLog, failure
+from genserve.workers.loops import HANDLERS, Handler
+from genserve.workers.runtime import LoadedModel, ModelCache
 
-log = logging.getLogger(__name__)
-
-TASK_NAME = "genserve.run_batch"
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+__all__ = ["TASK_NAME", "execute", "register_tasks"]  # TASK_NAME: re-exported from genserve.protocol
 
 
-def execute(payload: dict[str, Any], cache: ModelCache) -> dict[str, Any]:
+def handler_for(loaded: LoadedModel, op: str) -> Handler:
+    """The handler of `op` for the model's loop; an op the loop does not serve is refused."""
+    loop = loaded.manifest.loop
+    spec = LOOPS[Loop(loop)] if loop in LOOP_NAMES else None
+    if spec is None or op not in spec.ops:
+        raise InvalidArgumentError(f"{loaded.manifest.ref} ({loop}) does not serve {op}")
+    return HANDLERS[(Loop(loop), Op(op))]
+
+
+def execute(payload: TaskPayload, cache: ModelCache) -> TaskResult:
     requests = payload["requests"]
-    stats = BatchStats()
+    calls = CallLog()
     provider = ""
     try:
         loaded = cache.get(payload["model"])
         provider = loaded.onnx.provider
-        handler = HANDLERS.get((loaded.manifest.loop, payload["op"]))
-        if handler is None:
-            raise InvalidArgumentError(
-                f"{loaded.manifest.ref} ({loaded.manifest.loop}) does not serve {payload['op']}"
-            )
-        results = handler(loaded, requests, stats)
+        results = handler_for(loaded, payload["op"])(loaded, requests, calls)
     except Exception as exc:
         results = [failure(exc)] * len(requests)
-    return {"results": results, "provider": provider, "calls": stats.calls,
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"results": results, "provider": provider, "calls": calls.rows,
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}  # this process: after any fork
 
 
-def register_tasks(app: Celery, cache_factory: Any) -> None:
+def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None:
     """Bind the task to `app`; `cache_factory()` builds the per-process model cache lazily."""
     state: dict[str, ModelCache] = {}
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
-    def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
+    def run_batch(payload: TaskPayload) -> TaskResult:
         # Created on the first task, in the process that runs it (after any fork).
         if "cache" not in state:
             state["cache"] = cache_factory()

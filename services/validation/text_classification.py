@@ -52,7 +52,7 @@ class TextsInput(BaseModel):
 
 
 def classify_texts(request: inference_pb2.ClassifyRequest, manifest: Manifest, limits: LimitSettings) -> TextsInput:
-    """Texts for a text classifier; the worker tokenises them (workers/text.py)."""
+    """Texts for a text classifier; the worker tokenises them (workers/loops/text_classification.py)."""
     require_rpc(manifest, "Classify")
     if request.images.shape or request.png:
         raise InvalidArgumentError(f"model {manifest.ref} classifies texts; give texts, not images")

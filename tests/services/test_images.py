@@ -14,7 +14,7 @@ import pytest
 from genserve.repository import ModelRepository
 from genserve.tensors import from_proto, png_decode, png_encode, to_proto
 from genserve.v1 import inference_pb2, models_pb2
-from genserve.workers.loops import sample_latents
+from genserve.workers.loops.images import sample_latents
 from tests.support import TINY_DIGITS
 
 pytestmark = pytest.mark.integration

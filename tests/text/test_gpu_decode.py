@@ -10,9 +10,9 @@ import pytest
 
 from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
-from genserve.workers.generation import DecodeScheduler
-from genserve.workers.runtime import ModelCache
 from genserve.tokenization import TextCodec
+from genserve.workers.autoregressive.scheduler import DecodeScheduler
+from genserve.workers.runtime import ModelCache
 from tests.text.conftest import GPT_NAME
 
 PROVIDER = "cuda"  # the provider under test; the CPU is the reference

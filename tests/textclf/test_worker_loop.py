@@ -10,11 +10,12 @@ import pytest
 
 from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
-from genserve.workers.batching import BatchStats
+from genserve.tokenization import TextEncoder, pad_batch
+from genserve.workers.batching import CallLog
+from genserve.workers.loops.labels import softmax, top_k
+from genserve.workers.loops.text_classification import classify_texts, length_groups
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import execute
-from genserve.workers.text import classify_texts, length_groups, softmax, top_k
-from genserve.tokenization import TextEncoder, pad_batch
 from tests.textclf.conftest import MODEL
 
 LONG = "the referee stopped the match " * 40  # far past the tiny model's 48 tokens
@@ -89,26 +90,27 @@ def test_padding_barely_changes_a_text_s_scores(textclf_repo: Path, encoder: Tex
 def test_a_chunk_runs_as_calls_of_similar_length(textclf_repo: Path) -> None:
     """Two short texts share one call, the long one gets its own; answers keep request order."""
     loaded = cache(textclf_repo).get(MODEL)
-    stats = BatchStats()
+    call_log = CallLog()
     outcomes = classify_texts(loaded, [{"texts": [LONG, "bake the bread"], "top_k": 1},
-                                       {"texts": ["the striker scored"], "top_k": 1}], stats)
-    assert sorted(stats.calls) == [1, 2]
+                                       {"texts": ["the striker scored"], "top_k": 1}], call_log)
+    assert sorted(call_log.rows) == [1, 2]
     labels = loaded.manifest.labels
     assert [labels[t[0][0]] for t in outcomes[0]["top"]][1] == "cooking"
     assert labels[outcomes[1]["top"][0][0][0]] == "sports"
 
 
-def test_a_bad_request_fails_alone_and_calls_respect_max_batch(textclf_repo: Path) -> None:
-    """One request without texts fails; five texts of the others run in calls of at most 2."""
+def test_a_broken_request_fails_alone_and_calls_respect_max_batch(textclf_repo: Path) -> None:
+    """A request the tokenizer cannot take (the gateway lets only strings through,
+    test_validation_texts) fails alone, INTERNAL; five texts of the others run in calls of at most 2."""
     loaded = cache(textclf_repo, max_batch_size=2).get(MODEL)
-    requests = [{"texts": ["stock market", "goal"], "top_k": 1}, {"texts": [], "top_k": 1},
+    requests = [{"texts": ["stock market", "goal"], "top_k": 1}, {"texts": [None], "top_k": 1},
                 {"texts": ["oven", "loan", "coach"], "top_k": 2}]
-    stats = BatchStats()
-    outcomes = classify_texts(loaded, requests, stats)
-    assert outcomes[1]["ok"] is False and outcomes[1]["code"] == "INVALID_ARGUMENT"
+    call_log = CallLog()
+    outcomes = classify_texts(loaded, requests, call_log)
+    assert outcomes[1]["ok"] is False and outcomes[1]["code"] == "INTERNAL"
     assert [len(o["top"]) for o in (outcomes[0], outcomes[2])] == [2, 3]
     assert [len(t) for t in outcomes[2]["top"]] == [2, 2] + [2]
-    assert stats.calls == [2, 2, 1]
+    assert call_log.rows == [2, 2, 1]
 
 
 def test_the_task_protocol_classifies_through_the_handler_table(textclf_repo: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from genserve.errors import InvalidArgumentError
 from genserve.tensors import from_wire, png_decode, to_wire
-from genserve.workers.batching import BatchStats, Feeds, failure, run_requests, run_stacked
-from genserve.workers.loops import generate_images, sample_latents
+from genserve.workers.batching import CallLog, Feeds, failure, run_requests, run_stacked
+from genserve.workers.loops.images import generate_images, sample_latents
 from genserve.workers.runtime import LoadedModel
 from genserve.workers.tasks import execute
 from tests.workers.test_runtime import decode_reference, tiny_cache, tiny_repository
@@ -52,9 +52,9 @@ def images_of(outcome: dict[str, Any]) -> np.ndarray:
 def test_run_stacked_splits_outputs_back_per_request(loaded: LoadedModel) -> None:
     """Three requests of 3, 5 and 2 rows get back exactly their own rows, in one call."""
     feeds = [{"z": latents(n, seed)} for seed, n in enumerate((3, 5, 2))]
-    stats = BatchStats()
-    outputs = run_stacked(loaded.onnx, feeds, max_batch=256, stats=stats)
-    assert stats.calls == [10]
+    call_log = CallLog()
+    outputs = run_stacked(loaded.onnx, feeds, max_batch=256, calls=call_log)
+    assert call_log.rows == [10]
     assert [o["image"].shape for o in outputs] == [(3, 1, 2, 2), (5, 1, 2, 2), (2, 1, 2, 2)]
     for feed, out in zip(feeds, outputs):
         np.testing.assert_allclose(out["image"], decode_reference(feed["z"]), atol=1e-5)
@@ -68,9 +68,9 @@ def test_run_stacked_chunks_at_max_batch(
 ) -> None:
     """10 stacked rows run in calls of at most max_batch rows; each request gets its own rows."""
     feeds = [{"z": latents(n, seed)} for seed, n in enumerate((3, 5, 2))]
-    stats = BatchStats()
-    outputs = run_stacked(loaded.onnx, feeds, max_batch=max_batch, stats=stats)
-    assert stats.calls == calls
+    call_log = CallLog()
+    outputs = run_stacked(loaded.onnx, feeds, max_batch=max_batch, calls=call_log)
+    assert call_log.rows == calls
     for feed, out in zip(feeds, outputs):
         np.testing.assert_allclose(out["image"], decode_reference(feed["z"]), atol=1e-5)
 
@@ -88,12 +88,12 @@ def test_seeded_request_is_batch_invariant(repo: Path, threads: int, max_batch: 
     """A seeded request gives the same bytes alone as inside a batch of 64, even across calls."""
     loaded = tiny_cache(repo, threads=threads, max_batch_size=max_batch).get("vae:1")
     target = seeded(42, count=3)
-    alone = generate_images(loaded, [target], BatchStats())[0]
+    alone = generate_images(loaded, [target], CallLog())[0]
     batch = [seeded(1000 + i, count=3) for i in range(63)]
     batch.insert(16, target)  # rows 48..50: with max_batch 50 they straddle two calls
-    stats = BatchStats()
-    outcomes = generate_images(loaded, batch, stats)
-    assert sum(stats.calls) == 64 * 3 and max(stats.calls) <= max_batch
+    call_log = CallLog()
+    outcomes = generate_images(loaded, batch, call_log)
+    assert sum(call_log.rows) == 64 * 3 and max(call_log.rows) <= max_batch
     assert outcomes[16]["images"]["data"] == alone["images"]["data"]
     assert images_of(outcomes[16]).shape == (3, 1, 2, 2)
     np.testing.assert_allclose(
@@ -105,7 +105,7 @@ def test_client_latents_are_decoded_and_returned(loaded: LoadedModel) -> None:
     """Explicit latents replace the seeded draw; return_latents echoes them; PNGs come per image."""
     z = latents(2, seed=9)
     request = seeded(0, latents=to_wire(z), return_latents=True, png=True)
-    [outcome] = generate_images(loaded, [request], BatchStats())
+    [outcome] = generate_images(loaded, [request], CallLog())
     np.testing.assert_allclose(images_of(outcome), decode_reference(z), atol=1e-5)
     np.testing.assert_array_equal(from_wire(outcome["latents"]), z)
     assert len(outcome["png"]) == 2
@@ -116,37 +116,29 @@ def test_client_latents_are_decoded_and_returned(loaded: LoadedModel) -> None:
 
 def test_png_only_request_carries_no_tensor(loaded: LoadedModel) -> None:
     """tensor=False, png=True returns PNGs and no images tensor."""
-    [outcome] = generate_images(loaded, [seeded(1, count=3, tensor=False, png=True)], BatchStats())
+    [outcome] = generate_images(loaded, [seeded(1, count=3, tensor=False, png=True)], CallLog())
     assert outcome["ok"] is True and "images" not in outcome and len(outcome["png"]) == 3
 
 
 @pytest.mark.parametrize(
-    "bad, message",
+    "bad, code, calls",
     [
-        (
-            to_wire(np.zeros((2, 3), dtype=np.float32)),
-            "latents must be finite float32 (n, 4), got (2, 3)",
-        ),
-        (
-            to_wire(np.full((2, 4), np.nan, dtype=np.float32)),
-            "latents must be finite float32 (n, 4), got (2, 4)",
-        ),
-        (
-            {"shape": [2, 4], "dtype": "float32", "data": b"\0" * 5},
-            "data has 5 bytes; shape [2, 4] of float32 needs 32",
-        ),
+        # the gateway refuses these shapes and non-finite values (tests/services/test_validation.py);
+        # one that reaches the worker anyway breaks the stacked call, then fails alone
+        (to_wire(np.zeros((2, 3), dtype=np.float32)), "INTERNAL", [2, 3]),
+        # a malformed wire tensor fails while its feeds are prepared: it never reaches ONNX Runtime
+        ({"shape": [2, 4], "dtype": "float32", "data": b"\0" * 5}, "INVALID_ARGUMENT", [5]),
     ],
 )
-def test_request_with_bad_latents_fails_alone(
-    loaded: LoadedModel, bad: dict[str, Any], message: str
+def test_request_that_breaks_the_model_fails_alone(
+    loaded: LoadedModel, bad: dict[str, Any], code: str, calls: list[int]
 ) -> None:
-    """One request with unusable latents gets INVALID_ARGUMENT; its neighbours get their images."""
+    """One request with unusable latents fails; its neighbours get their images."""
     requests = [seeded(1, count=2), seeded(2, latents=bad), seeded(3, count=3)]
-    stats = BatchStats()
-    outcomes = generate_images(loaded, requests, stats)
-    assert outcomes[1]["ok"] is False and outcomes[1]["code"] == "INVALID_ARGUMENT"
-    assert message in outcomes[1]["message"]
-    assert stats.calls == [5]  # the bad request never reached ONNX Runtime
+    call_log = CallLog()
+    outcomes = generate_images(loaded, requests, call_log)
+    assert outcomes[1]["ok"] is False and outcomes[1]["code"] == code
+    assert call_log.rows == calls
     np.testing.assert_allclose(
         images_of(outcomes[0]), decode_reference(sample_latents(1, 2, 4)), atol=1e-5
     )
@@ -165,13 +157,13 @@ def test_failed_stacked_call_falls_back_to_one_call_per_request(loaded: LoadedMo
     def finish(request: dict[str, Any], _: Feeds, out: Feeds) -> dict[str, Any]:
         return {"ok": True, "image": out["image"]}
 
-    stats = BatchStats()
-    outcomes = run_requests(loaded.onnx, [{"id": i} for i in range(3)], prepare, finish, 256, stats)
+    call_log = CallLog()
+    outcomes = run_requests(loaded.onnx, [{"id": i} for i in range(3)], prepare, finish, 256, call_log)
     assert outcomes[1]["ok"] is False and outcomes[1]["code"] == "INTERNAL"
     assert outcomes[1]["message"].startswith("worker error: ")
     for i in (0, 2):
         np.testing.assert_allclose(outcomes[i]["image"], decode_reference(feeds[i]), atol=1e-5)
-    assert stats.calls == [2, 3]  # only calls that ran: the failed stacked call and request 1 are not counted
+    assert call_log.rows == [2, 3]  # only calls that ran: the failed stacked call and request 1 are not counted
 
 
 def test_failure_in_finish_fails_only_that_request(loaded: LoadedModel) -> None:
@@ -188,7 +180,7 @@ def test_failure_in_finish_fails_only_that_request(loaded: LoadedModel) -> None:
         lambda r: {"z": latents(2, r["id"])},
         finish,
         256,
-        BatchStats(),
+        CallLog(),
     )
     assert outcomes == [
         {"ok": True, "rows": 2},
@@ -203,9 +195,9 @@ def test_all_requests_bad_makes_no_onnx_call(loaded: LoadedModel) -> None:
     def prepare(request: dict[str, Any]) -> Feeds:
         raise InvalidArgumentError(f"bad {request['id']}")
 
-    stats = BatchStats()
-    outcomes = run_requests(loaded.onnx, [{"id": 0}, {"id": 1}], prepare, lambda *a: {}, 256, stats)
-    assert [o["message"] for o in outcomes] == ["bad 0", "bad 1"] and stats.calls == []
+    call_log = CallLog()
+    outcomes = run_requests(loaded.onnx, [{"id": 0}, {"id": 1}], prepare, lambda *a: {}, 256, call_log)
+    assert [o["message"] for o in outcomes] == ["bad 0", "bad 1"] and call_log.rows == []
 
 
 def test_failure_keeps_genserve_codes_and_hides_other_details() -> None:
@@ -232,8 +224,8 @@ def test_execute_reports_one_outcome_per_request_in_order(repo: Path) -> None:
     result = execute(
         {"model": "vae:1", "op": "generate_images", "requests": requests}, tiny_cache(repo)
     )
-    assert [r["ok"] for r in result["results"]] == [True, False, True]
-    assert result["calls"] == [2]
+    assert [r.get("code") for r in result["results"]] == [None, "INTERNAL", None]
+    assert result["calls"] == [1, 1]  # the stacked call failed; the good requests ran alone
     np.testing.assert_allclose(
         images_of(result["results"][2]), decode_reference(sample_latents(7, 1, 4)), atol=1e-5
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genserve.scoring import score_windows
-from genserve.workers.sampling import SamplingParams, TextState, next_token
+from genserve.workers.autoregressive.sampling import SamplingParams, TextState, next_token
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.06, 0.04]))  # probabilities known exactly
 NOTHING_SEEN = np.zeros(5, dtype=bool)
@@ -124,7 +124,7 @@ def test_inverse_cdf_finds_the_draw_s_token_at_every_vocabulary_size(vocabulary)
     """One cumulative sum (small vocabularies) or blocks then one block (large ones, with a
     short last block): the first token whose cumulative weight exceeds the draw, never a
     truncated one."""
-    from genserve.workers.sampling import inverse_cdf
+    from genserve.workers.autoregressive.sampling import inverse_cdf
 
     rng = np.random.default_rng(vocabulary)
     weights = np.exp(rng.standard_normal((6, vocabulary)) * 3)
@@ -142,7 +142,7 @@ def test_inverse_cdf_finds_the_draw_s_token_at_every_vocabulary_size(vocabulary)
 
 
 def test_a_workspace_reuses_its_buffers_and_changes_no_draw():
-    from genserve.workers.sampling import Workspace, next_tokens
+    from genserve.workers.autoregressive.sampling import Workspace, next_tokens
 
     logits = np.random.default_rng(3).standard_normal((4, 5000)).astype(np.float32)
     params = [SamplingParams(temperature=t, top_k=k) for t, k in ((0.8, 0), (0.0, 0), (1.0, 40), (1.3, 0))]

@@ -1,7 +1,8 @@
-"""Text generation in numpy: the tokenizer, next-token sampling, streamed text and stop strings.
+"""Text generation in numpy: next-token sampling, streamed text and stop strings.
 
-Pure (no ONNX Runtime, no Celery, no torch): the decode scheduler (generation.py) calls these
-once per sequence per step, and the gateway uses `TextCodec` to count a prompt's tokens.
+Pure (no ONNX Runtime, no Celery, no torch): the decode scheduler (scheduler.py) calls these
+once per sequence per step. The tokenizer (`TextCodec`) is in genserve.tokenization, shared
+with the gateway.
 
 Sampling order, as in the text-generation servers people know: repetition penalty (CTRL: a
 seen token's positive logit is divided by the penalty, a negative one multiplied) ->
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 
 Token = tuple[int, str, float]  # (id, text, logprob)
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from genserve.errors import InvalidArgumentError, ModelNotReadyError
-from genserve.repository import Manifest
-from genserve.workers.batching import BatchStats, Feeds, Outcome, run_requests
+from genserve.errors import ModelNotReadyError
+from genserve.protocol import Outcome
 from genserve.tokenization import TextEncoder, pad_batch
+from genserve.workers.batching import CallLog, Feeds, run_requests
+from genserve.workers.loops.labels import softmax, top_k
 from genserve.workers.runtime import LoadedModel, OnnxModel
 
 TOKENS = "tokens"  # feed of ragged rows: an object array holding one int64 id array per text
@@ -36,18 +37,6 @@ def ragged(rows: list[np.ndarray]) -> np.ndarray:
     out = np.empty(len(rows), dtype=object)
     out[:] = rows
     return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # no overflow in exp
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_k(probabilities: np.ndarray, k: int) -> list[list[list[Any]]]:
-    """Per row, [[label index, probability], ...] for the k most probable labels, best first."""
-    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]  # ties: lower index first
-    return [[[int(j), float(p[j])] for j in row] for p, row in zip(probabilities, order)]
 
 
 def length_groups(lengths: list[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
@@ -69,18 +58,18 @@ class PaddedTexts:
     Runtime calls of similar-length texts, each padded to its own longest text, so a long
     text does not make every short one beside it pay for its padding."""
 
-    def __init__(self, model: OnnxModel, pad_id: int, calls: list[int]) -> None:
+    def __init__(self, model: OnnxModel, pad_id: int, calls: CallLog) -> None:
         self.model = model
         self.pad_id = pad_id
         self.output_names = model.output_names
-        self.calls = calls  # rows of each ONNX Runtime call, for BatchStats
+        self.calls = calls  # the real ONNX Runtime calls, one per length group
 
     def run(self, feeds: Feeds) -> Feeds:
         rows = list(feeds[TOKENS])
         merged: Feeds = {}
         for group in length_groups([len(r) for r in rows]):
             out = self.model.run(pad_batch([rows[i] for i in group], self.pad_id))
-            self.calls.append(len(group))
+            self.calls.record(len(group))
             for name, values in out.items():
                 merged.setdefault(name, np.empty((len(rows), *values.shape[1:]), values.dtype))[group] = values
         return merged
@@ -105,27 +94,16 @@ def encoder_for(loaded: LoadedModel) -> TextEncoder:
     return loaded.state["text_encoder"]
 
 
-def check_texts(request: dict[str, Any], manifest: Manifest) -> tuple[list[str], int]:
-    """The request's texts and top_k; the gateway validated them, a direct caller may not have."""
-    texts, k = request.get("texts"), int(request.get("top_k") or 1)
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidArgumentError("texts must be a non-empty list of strings")
-    if not 1 <= k <= len(manifest.labels):
-        raise InvalidArgumentError(f"top_k must be 1..{len(manifest.labels)}, got {k}")
-    return texts, k
-
-
-def classify_texts(loaded: LoadedModel, requests: list[dict[str, Any]], stats: BatchStats) -> list[Outcome]:
+def classify_texts(loaded: LoadedModel, requests: list[dict[str, Any]], calls: CallLog) -> list[Outcome]:
     """text_classifier: {"texts": [...], "top_k": k} -> {"ok": True, "top": [[[index, p], ...], ...]}."""
     encoder = encoder_for(loaded)
 
     def prepare(request: dict[str, Any]) -> Feeds:
-        texts, _ = check_texts(request, loaded.manifest)
-        return {TOKENS: ragged(encoder.encode(texts))}
+        return {TOKENS: ragged(encoder.encode(request["texts"]))}
 
     def finish(request: dict[str, Any], feeds: Feeds, out: Feeds) -> Outcome:
         return {"ok": True, "top": top_k(softmax(out["logits"]), int(request.get("top_k") or 1))}
 
-    # stats get the real ONNX Runtime calls from PaddedTexts; run_requests' chunk counts are dropped
-    model = PaddedTexts(loaded.onnx, encoder.pad_id, stats.calls)
-    return run_requests(model, requests, prepare, finish, loaded.max_batch_size, BatchStats())  # type: ignore[arg-type]
+    # `calls` gets the real ONNX Runtime calls from PaddedTexts; run_requests' chunk counts are dropped
+    model = PaddedTexts(loaded.onnx, encoder.pad_id, calls)
+    return run_requests(model, requests, prepare, finish, loaded.max_batch_size, CallLog())  # type: ignore[arg-type]

@@ -113,15 +113,45 @@ def test_denoise_is_batch_invariant(cache: Any) -> None:
     assert run(cache, "half", "denoise", crowd)["results"][2]["images"]["data"] == alone
 
 
-def test_a_bad_image_request_fails_alone(cache: Any) -> None:
-    """Wrong shape and NaN pixels fail INVALID_ARGUMENT; the request between them succeeds."""
+def test_an_image_request_that_breaks_the_graph_fails_alone(cache: Any) -> None:
+    """Images of the wrong shape fail INTERNAL (the gateway refuses them, below); the requests
+    beside them are served from calls of their own."""
+    requests = [denoise_request(images(1, 0)[:, :, :1]), denoise_request(images(2, 1)), denoise_request(images(1, 2))]
+    result = run(cache, "half", "denoise", requests)
+    bad, good, other = result["results"]
+    assert bad["code"] == "INTERNAL" and bad["message"].startswith("worker error: ")
+    np.testing.assert_array_equal(from_wire(good["images"]), images(2, 1) * np.float32(0.5))
+    np.testing.assert_array_equal(from_wire(other["images"]), images(1, 2) * np.float32(0.5))
+    assert result["calls"] == [2, 1]
+
+
+@pytest.mark.parametrize("rpc", ["denoise", "classify_images"])
+def test_the_gateway_refuses_bad_images_before_the_worker_sees_them(cache: Any, rpc: str) -> None:
+    """Wrong shape or NaN pixels are INVALID_ARGUMENT at the gateway, with what is allowed; a
+    request that passed runs through the worker as validated (3-D images gain their channel)."""
+    from genserve.errors import InvalidArgumentError
+    from genserve.services import validation
+    from genserve.settings import LimitSettings
+    from genserve.tensors import to_proto
+    from genserve.v1 import inference_pb2
+
+    model = "half" if rpc == "denoise" else "linear"
+    message = inference_pb2.DenoiseRequest if rpc == "denoise" else inference_pb2.ClassifyRequest
+    manifest = cache.get(model).manifest
+    validate = getattr(validation, rpc)
     nan = images(1, 0)
     nan[0, 0, 1, 1] = np.nan
-    requests = [denoise_request(images(1, 0)[:, :, :1]), denoise_request(images(2, 1)), denoise_request(nan)]
-    bad, good, worse = run(cache, "half", "denoise", requests)["results"]
-    assert bad["ok"] is False and bad["code"] == "INVALID_ARGUMENT" and "(n, 1, 2, 2)" in bad["message"]
-    assert worse["ok"] is False and worse["code"] == "INVALID_ARGUMENT" and "finite" in worse["message"]
-    np.testing.assert_array_equal(from_wire(good["images"]), images(2, 1) * np.float32(0.5))
+    with pytest.raises(InvalidArgumentError, match=r"images must have shape \(n, 1, 2, 2\), got \(1, 1, 2, 1\)"):
+        validate(message(model=model, images=to_proto(images(1, 0)[:, :, :, :1])), manifest, LimitSettings())
+    with pytest.raises(InvalidArgumentError, match="images must be finite"):
+        validate(message(model=model, images=to_proto(nan)), manifest, LimitSettings())
+    x = images(3, 4)
+    task = validate(message(model=model, images=to_proto(x[:, 0])), manifest, LimitSettings()).to_task()
+    (outcome,) = run(cache, model, "denoise" if rpc == "denoise" else "classify", [task])["results"]
+    if rpc == "denoise":
+        np.testing.assert_array_equal(from_wire(outcome["images"]), x * np.float32(0.5))
+    else:
+        assert len(outcome["top"]) == 3 and all(len(row) == 1 for row in outcome["top"])
 
 
 def test_classify_returns_the_top_k_probabilities_best_first(cache: Any) -> None:
@@ -147,7 +177,7 @@ def test_classify_stacks_requests_and_bounds_top_k(cache: Any) -> None:
 
 
 def test_an_image_model_refuses_another_loops_op(cache: Any) -> None:
-    """Asking a classifier to denoise answers INVALID_ARGUMENT for each request."""
+    """Asking a classifier to denoise (not in protocol.LOOPS for its loop) answers INVALID_ARGUMENT for each request."""
     result = run(cache, "linear", "denoise", [denoise_request(images(1, 0))] * 2)
     assert [r["code"] for r in result["results"]] == ["INVALID_ARGUMENT"] * 2
     assert "does not serve denoise" in result["results"][0]["message"]
