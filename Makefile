@@ -44,7 +44,7 @@ bench: install models
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.textclf
 
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto protos/genserve/oip/*.proto
 
 compose-check:
 	docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml is valid"

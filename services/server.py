@@ -11,9 +11,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
 from genserve.services.dispatch import Dispatcher
 from genserve.services.catalog import ModelCatalog
+from genserve.services.open_inference import SERVICE_NAME as OPEN_INFERENCE, OpenInferenceServicer
 from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
@@ -24,6 +26,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    OPEN_INFERENCE,  # the Open Inference Protocol (KServe v2), services/open_inference.py
 )
 
 
@@ -93,6 +96,7 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)

@@ -14,6 +14,7 @@ from genserve.errors import InvalidArgumentError
 from genserve.repository import Manifest
 from genserve.tensors import from_wire, png_encode, to_wire
 from genserve.workers.batching import BatchStats, Feeds, Outcome, run_requests
+from genserve.workers import open_inference
 from genserve.workers.generation import generate_text, score_text
 from genserve.workers.runtime import LoadedModel
 from genserve.workers.text import classify_texts, softmax, top_k
@@ -121,3 +122,4 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("autoregressive", "generate_text"): generate_text,
     ("autoregressive", "score_text"): score_text,
 }
+HANDLERS.update(open_inference.handlers())  # the Open Inference Protocol's op on the tensor loops
