@@ -21,6 +21,7 @@ from typing import Any
 from celery import Celery
 
 from genserve.errors import InvalidArgumentError
+from genserve.workers import metrics
 from genserve.workers.batching import BatchStats, failure
 from genserve.workers.loops import HANDLERS
 from genserve.workers.runtime import ModelCache
@@ -33,6 +34,7 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 def execute(payload: dict[str, Any], cache: ModelCache) -> dict[str, Any]:
     requests = payload["requests"]
+    started = metrics.message_started(payload)  # metrics and the request ids on log lines
     stats = BatchStats()
     provider = ""
     try:
@@ -46,8 +48,10 @@ def execute(payload: dict[str, Any], cache: ModelCache) -> dict[str, Any]:
         results = handler(loaded, requests, stats)
     except Exception as exc:
         results = [failure(exc)] * len(requests)
-    return {"results": results, "provider": provider, "calls": stats.calls,
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    result = {"results": results, "provider": provider, "calls": stats.calls,
+              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    metrics.message_finished(started, payload, result)
+    return result
 
 
 def register_tasks(app: Celery, cache_factory: Any) -> None:
