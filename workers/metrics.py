@@ -31,8 +31,10 @@ Batch jobs (being built apart) add their progress here as genserve_worker_job_* 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -138,6 +140,7 @@ def serve(host: str, port: int | None, multiprocess: bool) -> int | None:
         return None
     if multiprocess and not os.environ.get(MULTIPROC_ENV):
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="genserve-metrics-")
+        atexit.register(shutil.rmtree, os.environ[MULTIPROC_ENV], True)  # the children's sample files
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
     registry = REGISTRY
