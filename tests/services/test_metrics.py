@@ -133,3 +133,12 @@ def test_request_id_travels_from_the_client_into_the_worker_log(stack):
     (line,) = lines
     assert rid in line["request_id"].split(",") and line["logger"] == "genserve.workers.metrics"
     assert line["op"] == "generate_images" and line["level"] == "INFO"
+
+
+def test_embedded_gateway_serves_the_worker_metrics_too(embedded):
+    """In the embedded mode the worker's code runs in the gateway: one registry shows both sides."""
+    from prometheus_client import generate_latest
+
+    embedded.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=2, seed=3), timeout=30)
+    families = {f.name for f in text_string_to_metric_families(generate_latest(embedded.gateway.dispatcher.metrics.registry).decode())}
+    assert {"genserve_gateway_requests", "genserve_worker_messages", "genserve_gateway_pending_requests"} <= families
