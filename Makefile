@@ -12,7 +12,7 @@ RUNTIME ?= cpu
 REPO   ?= model_repository
 PORT   ?= 0
 
-.PHONY: install demo test models bench proto compose-check clean
+.PHONY: install demo test models bench proto tritonclient compose-check clean
 
 install: $(VENV)/.installed-$(RUNTIME)
 
@@ -44,7 +44,17 @@ bench: install models
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.textclf
 
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto protos/genserve/oip/*.proto
+
+## tritonclient: a virtualenv of its own with NVIDIA's stock client (it pins protobuf and grpcio
+## apart from ours), for tests/services/test_tritonclient.py, which runs it in a subprocess.
+TRITON_VENV ?= .venv-tritonclient
+tritonclient: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed:
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "tritonclient[grpc]==2.73.0"
+	touch $@
 
 compose-check:
 	docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml is valid"

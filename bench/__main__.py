@@ -32,6 +32,8 @@ GENSERVE = [sys.executable, "-m", "genserve"]
 
 # Model -> load generator op; models appear here as their issues land.
 MODELS = {"vae": "generate", "dae": "denoise", "digits": "classify"}
+# Models also measured through the Open Inference Protocol (KServe v2 ModelInfer, op "infer").
+OPEN_INFERENCE = {"dae", "digits"}
 
 
 def free_port() -> int:
@@ -131,6 +133,11 @@ def bench_service(stack: Stack, model: str, op: str, args: argparse.Namespace) -
             rows.append({"system": f"genserve, batching {'on' if batching else 'off'}",
                          "concurrency": concurrency, **result})
             print(report.row_line(model, rows[-1]), flush=True)
+        if batching and model in OPEN_INFERENCE:
+            for concurrency in args.concurrency:
+                rows.append({"system": "genserve v2 ModelInfer, batching on", "concurrency": concurrency,
+                             **load(address, "infer", model, concurrency, args)})
+                print(report.row_line(model, rows[-1]), flush=True)
         histograms[f"batching {'on' if batching else 'off'}"] = batch_stats(address, model)
     stack.stop_gateway()
     return rows, histograms

@@ -15,7 +15,9 @@ import time
 import grpc
 import numpy as np
 
-from genserve.tensors import to_proto
+from genserve.oip import grpc_predict_v2_pb2 as v2
+from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+from genserve.tensors import from_proto, to_proto
 from genserve.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
 
 
@@ -34,12 +36,17 @@ def make_request(op: str, model: str, seed: int) -> tuple[str, object]:
         return "Denoise", inference_pb2.DenoiseRequest(model=model, images=digit_tensor(seed))
     if op == "classify":
         return "Classify", inference_pb2.ClassifyRequest(model=model, images=digit_tensor(seed), top_k=3)
+    if op == "infer":  # the Open Inference Protocol's ModelInfer: the digit as the graph's raw `image`
+        request = v2.ModelInferRequest(model_name=model)
+        request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 28, 28])
+        request.raw_input_contents.append(from_proto(digit_tensor(seed)).tobytes())
+        return "ModelInfer", request
     raise ValueError(f"unknown op {op!r}")
 
 
 async def run(address: str, op: str, model: str, concurrency: int, warmup_s: float, duration_s: float) -> dict:
     channel = grpc.aio.insecure_channel(address)
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    stub = v2_grpc.GRPCInferenceServiceStub(channel) if op == "infer" else inference_pb2_grpc.InferenceServiceStub(channel)
     latencies: list[float] = []
     errors = 0
     measuring = False

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEADER = f"{'model':<8} {'system':<30} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+HEADER = f"{'model':<8} {'system':<36} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
 
 
 def row_line(model: str, row: dict[str, Any]) -> str:
-    return (f"{model:<8} {row['system']:<30} {row['concurrency']:>5} {row['rps']:>9.0f} "
+    return (f"{model:<8} {row['system']:<36} {row['concurrency']:>5} {row['rps']:>9.0f} "
             f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6}")
 
 

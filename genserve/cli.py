@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, help="model repository root (GENSERVE_MODEL_REPOSITORY)")
     parser.add_argument("--broker-url", help="redis://host:6379/0; unset: embedded mode (GENSERVE_BROKER_URL)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (GENSERVE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["text", "json"], help="json: one object per line (GENSERVE_LOG_FORMAT)")
 
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for flag, key in (("repository", "model_repository"), ("broker_url", "broker_url"), ("log_level", "log_level")):
+    for flag, key in (("repository", "model_repository"), ("broker_url", "broker_url"), ("log_level", "log_level"),
+                      ("log_format", "log_format")):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
     gateway = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
@@ -134,8 +135,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from genserve.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,8 +189,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     from genserve.workers.leases import install
 
+    from genserve.workers.metrics import serve as serve_metrics
+
     app = create_app(settings)
     pool, concurrency = worker_pool(settings)
+    serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):

@@ -5,7 +5,9 @@ worker module for a constant, the worker never imports the gateway. Everything t
 Redis is described here:
 
     task message   TaskPayload  {"model": "vae:1", "op": "generate_images", "requests": [...]}
-                   on the queue `<prefix>.<model name>`, Celery task TASK_NAME, msgpack
+                   on the queue `<prefix>.<model name>`, Celery task TASK_NAME, msgpack;
+                   each request may carry "request_id" (the gateway's id of the RPC, for the
+                   worker's log lines) and the payload "sent_at" (wall-clock publish time)
     task result    TaskResult   {"results": [Outcome, ...], "provider", "calls", "worker"}
                    stored by Celery's Redis result backend under RESULT_PREFIX + task id
     stream chunk   StreamChunk  {"start": index of the first token, "tokens": [[id, text, logprob]]}
@@ -15,6 +17,11 @@ A serving loop (the manifest's `loop`) answers a fixed set of gRPC methods; each
 one op. `LOOPS` is the one table of both: the gateway checks a request's RPC against it, the
 worker's handler registry (`genserve.workers.loops.HANDLERS`) has one handler per (loop, op)
 of it, and the export side writes only loops named here.
+
+The Open Inference Protocol (KServe v2, `inference.GRPCInferenceService`, served beside
+genserve's own API by services/open_inference.py) has one op: its ModelInfer sends
+INFER_TENSORS to the loops in `OPEN_INFERENCE_LOOPS`, whose graphs take and give plain named
+tensors. It is a table of its own so that `LOOPS` stays the table of InferenceService.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ class Op(str, Enum):
     CLASSIFY = "classify"
     GENERATE_TEXT = "generate_text"
     SCORE_TEXT = "score_text"
+    # Open Inference Protocol ModelInfer: {"inputs": {name: wire tensor}, "outputs": [names]}
+    # -> {"ok": True, "outputs": {name: wire tensor}}; the graph's own inputs and outputs.
+    INFER_TENSORS = "infer_tensors"
 
     def __str__(self) -> str:  # msgpack and log lines carry the plain value
         return self.value
@@ -71,6 +81,26 @@ LOOPS: dict[Loop, LoopSpec] = {
 }
 LOOP_NAMES = tuple(loop.value for loop in LOOPS)
 
+# Loops whose models answer the Open Inference Protocol's ModelInfer (op INFER_TENSORS): their
+# graphs map named tensors to named tensors with nothing in between (no tokenizer, no cache).
+OPEN_INFERENCE_LOOPS = frozenset({Loop.LATENT_SAMPLER, Loop.IMAGE_TO_IMAGE, Loop.IMAGE_CLASSIFIER})
+
+
+def serves_open_inference(loop: str) -> bool:
+    """Whether a model with this loop answers ModelInfer."""
+    return loop in LOOP_NAMES and Loop(loop) in OPEN_INFERENCE_LOOPS
+
+
+def serves(loop: str, op: str) -> bool:
+    """Whether a worker runs `op` for a model with this loop: an op of its RPCs in LOOPS, or the
+    Open Inference Protocol's INFER_TENSORS on a tensor loop."""
+    if loop not in LOOP_NAMES:
+        return False
+    if op == Op.INFER_TENSORS:
+        return Loop(loop) in OPEN_INFERENCE_LOOPS
+    return op in LOOPS[Loop(loop)].ops
+
+
 # Ops sent one request per message: each generation streams and finishes on its own, and the
 # worker batches generations per decode step instead (genserve.workers.autoregressive).
 UNGROUPED_OPS = frozenset({Op.GENERATE_TEXT})
@@ -108,8 +138,16 @@ def stream_channel(stream_id: str) -> str:
 # --- message types -------------------------------------------------------------------------
 
 
-class TaskPayload(TypedDict):
-    """One task message: requests for one model version, all of one op."""
+class _TaskPayloadOptional(TypedDict, total=False):
+    sent_at: float  # wall-clock time the gateway published it (the worker's queue-wait metric)
+
+
+class TaskPayload(_TaskPayloadOptional):
+    """One task message: requests for one model version, all of one op.
+
+    A request dict may carry "request_id": the id the gateway gave its RPC (or the client's
+    x-request-id), which the worker puts on its log lines. Workers ignore keys they do not read.
+    """
 
     model: str  # "name:version", resolved by the gateway
     op: str  # an Op value

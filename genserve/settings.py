@@ -24,6 +24,7 @@ class GatewaySettings(BaseModel):
     max_queue_depth: int = 10_000  # Celery messages waiting in a model's queue before refusing
     grace_s: float = 5.0  # in-flight RPCs get this long to finish on SIGTERM
     manifest_ttl_s: float = 2.0  # how stale the gateway's view of the repository may be
+    metrics_port: int | None = None  # Prometheus /metrics on host:port; None: off, 0: any free port
 
 
 class BatchingSettings(BaseModel):
@@ -67,6 +68,10 @@ class WorkerSettings(BaseModel):
     # once), otherwise `solo` (concurrency 1) or `prefork`.
     pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
     task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
+    # Prometheus /metrics of this worker (every process of a prefork pool, summed); None: off,
+    # 0: any free port (printed at start).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -95,6 +100,7 @@ class Settings(BaseSettings):
     queue_prefix: str = "genserve"  # queue of model m is "<prefix>.<m>"
     result_expires_s: int = 300  # how long an unread result stays in Redis
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line with the request id (genserve/logs.py)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

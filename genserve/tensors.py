@@ -37,6 +37,13 @@ def from_wire(wire: dict[str, Any], field: str = "tensor") -> np.ndarray:
     return _view(wire["data"], [int(d) for d in wire["shape"]], dtype, field)
 
 
+def wire_array(wire: dict[str, Any]) -> np.ndarray:
+    """A wire tensor of any numpy dtype, unchecked: for payloads the gateway already validated
+    (the Open Inference Protocol's tensors, whose dtypes are the graph's own)."""
+    dtype = np.dtype(wire["dtype"]).newbyteorder("<")
+    return np.frombuffer(wire["data"], dtype=dtype).reshape([int(d) for d in wire["shape"]])
+
+
 def to_proto(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
     array = np.ascontiguousarray(array)
     if array.dtype.name not in _NUMPY_TO_PROTO:

@@ -16,6 +16,7 @@ Every request taken gets its own outcome, or the exception that failed its whole
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -50,8 +51,10 @@ class BatcherStats:
 class Batcher:
     """Groups the requests of one (model, op) into batches and sends them."""
 
-    def __init__(self, name: str, send: SendBatch, settings: BatchingSettings, max_pending: int) -> None:
+    def __init__(self, name: str, send: SendBatch, settings: BatchingSettings, max_pending: int,
+                 observer: Any = None) -> None:
         self.name = name
+        self._observer = observer  # services.metrics.BatchObserver: each message sent, each result
         self._send = send
         self._max_samples = settings.max_batch_samples if settings.enabled else 1
         self._max_delay = settings.max_queue_delay_ms / 1000.0
@@ -66,6 +69,14 @@ class Batcher:
         self._tasks: set[asyncio.Task] = set()
         self.stats = BatcherStats()
         self._closed = False
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     def submit(self, request: dict[str, Any], samples: int, deadline: float) -> asyncio.Future:
         if self._closed:
@@ -128,13 +139,19 @@ class Batcher:
         self._inflight += 1
         self.stats.requests_per_batch[len(batch)] += 1
         self.stats.samples_per_batch[sum(w.samples for w in batch)] += 1
+        if self._observer is not None:
+            now = asyncio.get_running_loop().time()
+            self._observer.sent([now - w.enqueued for w in batch], sum(w.samples for w in batch))
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[Waiting]) -> None:
+        sent = time.perf_counter()
         try:
             result = await self._send([w.request for w in batch], max(w.deadline for w in batch))
+            if self._observer is not None:
+                self._observer.finished(time.perf_counter() - sent)
             outcomes = result["results"]
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"worker returned {len(outcomes)} results for {len(batch)} requests")

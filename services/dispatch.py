@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 from genserve.errors import DeadlineExceededError, from_code
+from genserve.logs import request_id
 from genserve.protocol import UNGROUPED_OPS, Op, Outcome, TaskResult
 from genserve.repository import Manifest
 from genserve.services.backends import Backend
 from genserve.services.batcher import Batcher, BatcherStats
+from genserve.services.metrics import GatewayMetrics
 from genserve.settings import Settings
 
 
@@ -33,10 +35,15 @@ def default_backend(settings: Settings) -> Backend:
 class Dispatcher:
     """Routes validated requests to a per-(model, op) batcher and awaits their outcomes."""
 
-    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.backend: Backend = backend or default_backend(settings)
+        self.metrics = metrics or GatewayMetrics()  # services/metrics.py: what the batchers report
         self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    def batchers(self) -> dict[tuple[str, str], Batcher]:
+        """(model version, op) -> its batcher, for the metrics' gauges."""
+        return dict(self._batchers)
 
     def stats(self, ref: str) -> list[BatcherStats]:
         return [b.stats for (r, _), b in self._batchers.items() if r == ref]
@@ -45,6 +52,8 @@ class Dispatcher:
         """The worker's outcome for one request; raises the mapped error on failure."""
         queue = self.settings.queue_for(manifest.name)
         await self.backend.check_capacity(queue)
+        if request_id.get():  # the RPC's id, for the worker's log lines (genserve/logs.py)
+            request = {**request, "request_id": request_id.get()}
         future = self._batcher(manifest.ref, queue, op).submit(request, samples, time.time() + timeout_s)
         try:
             outcome = await asyncio.wait_for(future, timeout=timeout_s)
@@ -67,7 +76,8 @@ class Dispatcher:
             if op in UNGROUPED_OPS:
                 batching = batching.model_copy(update={"enabled": False})
             self._batchers[key] = Batcher(f"{ref}/{op}", send, batching,
-                                          self.settings.gateway.max_pending_requests)
+                                          self.settings.gateway.max_pending_requests,
+                                          observer=self.metrics.observer(ref, str(op)))
         return self._batchers[key]
 
     async def close(self) -> None:

@@ -11,9 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
 from genserve.services.dispatch import Dispatcher
+from genserve.services.metrics import MetricsInterceptor
 from genserve.services.catalog import ModelCatalog
+from genserve.services.open_inference import SERVICE_NAME as OPEN_INFERENCE, OpenInferenceServicer
 from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
@@ -24,6 +27,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    OPEN_INFERENCE,  # the Open Inference Protocol (KServe v2), services/open_inference.py
 )
 
 
@@ -34,6 +38,7 @@ class Gateway:
     dispatcher: Dispatcher
     health: health.HealthServicer
     watcher: asyncio.Task | None = None
+    metrics_port: int | None = None  # where /metrics listens; None: off
 
     HEALTH_INTERVAL_S = 2.0  # how often the broker is pinged for the health status
 
@@ -61,6 +66,7 @@ class Gateway:
         await self.set_health(False)
         await self.server.stop(grace_s)
         await self.dispatcher.close()
+        self.dispatcher.metrics.close()
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -83,16 +89,17 @@ def _enable_reflection(server: grpc.aio.Server) -> None:
 async def create_server(settings: Settings, dispatcher: Dispatcher | None = None) -> Gateway:
     """Build and start the gateway; with port 0 the OS picks a free port."""
     limit = settings.gateway.max_message_mb * 1024 * 1024
-    server = grpc.aio.server(options=[
+    dispatcher = dispatcher or Dispatcher(settings)
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(dispatcher.metrics)], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
     ])
-    dispatcher = dispatcher or Dispatcher(settings)
     catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
@@ -101,6 +108,10 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
     await server.start()
     gateway = Gateway(server, port, dispatcher, health_servicer)
+    dispatcher.metrics.watch(dispatcher, settings.embedded)
+    if settings.gateway.metrics_port is not None:
+        gateway.metrics_port = dispatcher.metrics.serve(settings.gateway.host, settings.gateway.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.gateway.host, gateway.metrics_port)
     await gateway.set_health(True)
     gateway.watcher = asyncio.get_running_loop().create_task(gateway.watch_broker())
     mode = "embedded (no broker)" if settings.embedded else f"broker {settings.broker_url}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from genserve.errors import ModelNotReadyError
 from genserve.repository import Manifest, ModelRepository
 from genserve.settings import WorkerSettings
+from genserve.workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,10 @@ class ModelCache:
         manifest = self.repository.resolve(ref)
         if role not in manifest.files:
             raise ModelNotReadyError(f"{manifest.ref} has no {role!r} graph")
+        started = time.perf_counter()
         path = self.repository.verified_path(manifest, role)
         model = OnnxModel.load(str(path), self.settings, manifest.serving.intra_op_threads)
+        metrics.model_loaded(manifest.ref, time.perf_counter() - started)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
         return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings)

@@ -18,7 +18,8 @@ from typing import Callable
 from celery import Celery
 
 from genserve.errors import InvalidArgumentError
-from genserve.protocol import LOOP_NAMES, LOOPS, TASK_NAME, Loop, Op, TaskPayload, TaskResult
+from genserve.protocol import TASK_NAME, Loop, Op, TaskPayload, TaskResult, serves
+from genserve.workers import metrics
 from genserve.workers.batching import CallLog, failure
 from genserve.workers.loops import HANDLERS, Handler
 from genserve.workers.runtime import LoadedModel, ModelCache
@@ -29,14 +30,14 @@ __all__ = ["TASK_NAME", "execute", "register_tasks"]  # TASK_NAME: re-exported f
 def handler_for(loaded: LoadedModel, op: str) -> Handler:
     """The handler of `op` for the model's loop; an op the loop does not serve is refused."""
     loop = loaded.manifest.loop
-    spec = LOOPS[Loop(loop)] if loop in LOOP_NAMES else None
-    if spec is None or op not in spec.ops:
+    if not serves(loop, op):
         raise InvalidArgumentError(f"{loaded.manifest.ref} ({loop}) does not serve {op}")
     return HANDLERS[(Loop(loop), Op(op))]
 
 
 def execute(payload: TaskPayload, cache: ModelCache) -> TaskResult:
     requests = payload["requests"]
+    started = metrics.message_started(payload)  # metrics and the request ids on log lines
     calls = CallLog()
     provider = ""
     try:
@@ -45,8 +46,10 @@ def execute(payload: TaskPayload, cache: ModelCache) -> TaskResult:
         results = handler_for(loaded, payload["op"])(loaded, requests, calls)
     except Exception as exc:
         results = [failure(exc)] * len(requests)
-    return {"results": results, "provider": provider, "calls": calls.rows,
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}  # this process: after any fork
+    result: TaskResult = {"results": results, "provider": provider, "calls": calls.rows,
+                          "worker": f"{socket.gethostname()}:{os.getpid()}"}  # this process: after any fork
+    metrics.message_finished(started, payload, result)
+    return result
 
 
 def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None:

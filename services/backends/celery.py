@@ -144,7 +144,8 @@ class CeleryBackend:
             raise BrokerUnavailableError(f"result backend unreachable: {exc}") from exc
         try:
             try:
-                await self._publisher.publish(task_id, queue, {"model": ref, "op": op, "requests": requests}, deadline)
+                payload: TaskPayload = {"model": ref, "op": op, "requests": requests, "sent_at": time.time()}
+                await self._publisher.publish(task_id, queue, payload, deadline)
             except Exception as exc:
                 raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
             data = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.time()))
@@ -178,6 +179,10 @@ class CeleryBackend:
             raise QueueFullError(
                 f"queue {queue} holds {depth} messages (limit {self._max_depth}); retry with backoff"
             )
+
+    def queue_depths(self) -> dict[str, int]:
+        """Each queue's depth as last read (LLEN) by check_capacity, for the metrics."""
+        return {queue: depth for queue, (depth, _) in self._depth.items()}
 
     async def ping(self) -> bool:
         """Whether the broker and the result backend both answer."""

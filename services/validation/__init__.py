@@ -8,6 +8,7 @@ the worker trusts. One module per family of RPC:
 - `images`: GenerateImages, Denoise, Classify of image classifiers
 - `text_classification`: Classify of text classifiers
 - `text_generation`: GenerateText, CompleteText, ScoreText
+- `open_inference`: ModelInfer of the Open Inference Protocol (KServe v2)
 - `common`: the RPC check, finite tensors, error messages, deadlines
 """
 

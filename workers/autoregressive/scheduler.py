@@ -36,6 +36,7 @@ import numpy as np
 from genserve.errors import DeadlineExceededError
 from genserve.protocol import Outcome, StreamChunk
 from genserve.tokenization import TextCodec
+from genserve.workers import metrics
 from genserve.workers.autoregressive.cache import CacheSpec, DecodeBatch, prefill_feeds
 from genserve.workers.autoregressive.sampling import (
     SamplingParams,
@@ -69,6 +70,7 @@ class Sequence:
     generated: int = 0
     finish_reason: str = ""
     outcome: Outcome | None = None
+    submitted: float = field(default_factory=time.monotonic)  # for the time to first token
     done: threading.Event = field(default_factory=threading.Event)
 
     def result(self, timeout: float | None = None) -> Outcome:
@@ -91,6 +93,7 @@ class DecodeScheduler:
         self.spec = CacheSpec.of(config)
         self.batch = DecodeBatch(self.spec, self.max_batch)
         self.steps: list[int] = []  # rows in each decode step (benchmarks, tests)
+        self.name = loaded.manifest.name  # the model's metrics label
         self.workspace = Workspace()  # the sampler's buffers, reused step after step
         self._waiting: list[Sequence] = []
         self._finished: list[Sequence] = []  # done generating, result not handed out yet
@@ -188,6 +191,7 @@ class DecodeScheduler:
             return
         seq.length = len(seq.prompt)
         token, logprob = next_token(out["logits"][0, -1], seq.params, seq.seen, seq.rng)
+        metrics.first_token(self.name, time.monotonic() - seq.submitted)
         if self._advance(seq, token, logprob, messages):
             self.batch.add(seq, [out[name] for name in self.spec.names("present")])
 
@@ -201,6 +205,7 @@ class DecodeScheduler:
             self.batch.keep([False] * len(self.batch.rows))
             return
         self.steps.append(len(self.batch.rows))
+        metrics.decode_step(self.name, len(self.batch.rows))
         self.batch.append([out[name] for name in self.spec.names("present")])
         rows = self.batch.rows
         tokens, logprobs = next_tokens(out["logits"][:, -1], [s.params for s in rows], [s.seen for s in rows],

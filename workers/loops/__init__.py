@@ -8,15 +8,17 @@ handler trusts them and turns what still fails into an internal error of that re
     images.py               latent_sampler, image_to_image, image_classifier
     text_classification.py  text_classifier
     text_generation.py      autoregressive (GenerateText, CompleteText, ScoreText)
+    open_inference.py       the Open Inference Protocol's ModelInfer on the tensor loops
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from genserve.protocol import Loop, Op, Outcome
+from genserve.protocol import OPEN_INFERENCE_LOOPS, Loop, Op, Outcome
 from genserve.workers.batching import CallLog
 from genserve.workers.loops.images import classify_images, denoise, generate_images
+from genserve.workers.loops.open_inference import infer_tensors
 from genserve.workers.loops.text_classification import classify_texts
 from genserve.workers.loops.text_generation import generate_text, score_text
 from genserve.workers.runtime import LoadedModel
@@ -31,3 +33,5 @@ HANDLERS: dict[tuple[Loop, Op], Handler] = {
     (Loop.AUTOREGRESSIVE, Op.GENERATE_TEXT): generate_text,
     (Loop.AUTOREGRESSIVE, Op.SCORE_TEXT): score_text,
 }
+# The Open Inference Protocol's op on every tensor loop (its own table, protocol.OPEN_INFERENCE_LOOPS).
+HANDLERS.update({(loop, Op.INFER_TENSORS): infer_tensors for loop in OPEN_INFERENCE_LOOPS})
