@@ -180,15 +180,22 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.embedded:
         print("genserve worker needs --broker-url (or GENSERVE_BROKER_URL)", file=sys.stderr)
         return 2
+    from genserve.workers import hot_models
+    from genserve.workers.leases import install
+
     queues = worker_queues(settings)
-    if not queues:
+    hot = not settings.worker.queues and settings.worker.model_scan_s > 0
+    if not queues and not hot:
         print(f"no models in {settings.model_repository} and no --queues: nothing to serve; "
               "build one with `genserve export vae`", file=sys.stderr)
         return 2
-    from genserve.workers.leases import install
-
+    if not queues:  # an empty repository: wait on the default queue for models to be published
+        print(f"no models in {settings.model_repository} yet: serving each one as it is published",
+              file=sys.stderr)
+        queues = [f"{settings.queue_prefix}.default"]
     app = create_app(settings)
     pool, concurrency = worker_pool(settings)
+    hot_models.install(app, settings, pool)  # only without --queues: consume new models' queues
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
@@ -196,8 +203,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level.upper(), "--hostname", "genserve@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
+        "--without-gossip", "--without-mingle",
+        # Worker heartbeats are events: Flower marks a worker offline without them.
+        *([] if settings.worker.task_events else ["--without-heartbeat"]),
     ])
     return 0
 

@@ -67,6 +67,15 @@ class WorkerSettings(BaseModel):
     # once), otherwise `solo` (concurrency 1) or `prefork`.
     pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
     task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
+    # Celery task and worker events (what Flower and `celery events` show); off by default:
+    # every task then costs a few more Redis messages. On in the compose `ops` profile.
+    task_events: bool = False
+    # Celery node name; %h is the host name. Several workers on one host need distinct names
+    # for `celery inspect` to tell them apart (containers differ by host name already).
+    hostname: str = "genserve@%h"
+    # Hot models: a worker started without --queues rescans the repository this often and
+    # starts consuming the queue of any model published since (workers/hot_models.py); 0: off.
+    model_scan_s: float = 5.0
 
     @field_validator("queues", mode="before")
     @classmethod

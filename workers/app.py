@@ -49,8 +49,10 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         task_publish_retry_policy={
             "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
         },
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Events feed Flower and `celery events`; control replies (inspect) are msgpack like
+        # everything else, so tools must load this app (`celery -A genserve.workers.celery_app`).
+        worker_send_task_events=settings.worker.task_events,
+        task_send_sent_event=settings.worker.task_events,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
