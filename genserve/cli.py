@@ -9,6 +9,7 @@
     genserve generate vae -n 64 --seed 1 -o digits.png
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
     genserve classify textclf "Return the base name of a path."
+    genserve health --address 127.0.0.1:50051   exit 0 when the gateway is SERVING
 
 Settings come from GENSERVE_* environment variables; the flags below override them.
 """
@@ -106,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     text.add_argument("--seed", type=int)
     _client_flags(text)
+
+    health = sub.add_parser("health", help="exit 0 when the gateway reports SERVING (container healthchecks)")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    _client_flags(health)
+    health.set_defaults(timeout=3.0)
 
     classify = sub.add_parser("classify", help="classify texts through a running gateway")
     classify.add_argument("model", help="text classifier, e.g. textclf")
@@ -291,15 +297,39 @@ def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """grpc.health.v1 Check against the gateway: 0 when SERVING, 1 otherwise (NOT_SERVING while
+    the broker is unreachable, or no answer at all)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
             "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf}
-CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify}
+CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:  # clients of a running gateway: no settings needed
-        return CLIENT_COMMANDS[args.command](args)
+        from genserve.rpc import GenserveRpcError
+
+        try:
+            return CLIENT_COMMANDS[args.command](args)
+        except GenserveRpcError as exc:  # the gateway's status and message, not a traceback
+            print(f"genserve {args.command}: {exc}", file=sys.stderr)
+            return 1
     settings = build_settings(args)
     _logging(settings)
     return COMMANDS[args.command](args, settings)
