@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from genserve.redis_urls import tls_options
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
 from genserve.workers.generation import RedisStreamSink
@@ -53,6 +54,9 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         # everything else, so tools must load this app (`celery -A genserve.workers.celery_app`).
         worker_send_task_events=settings.worker.task_events,
         task_send_sent_event=settings.worker.task_events,
+        # rediss://: verify the server's certificate in the broker and backend like redis-py does.
+        broker_use_ssl=tls_options(settings.broker_url),
+        redis_backend_use_ssl=tls_options(settings.backend_url),
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
