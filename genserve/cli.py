@@ -210,9 +210,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
         "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
+        # Heartbeats stay on (one small event every 2 s): they keep the worker's event
+        # dispatcher up, so Flower sees the worker and can turn task events on remotely.
         "--without-gossip", "--without-mingle",
-        # Worker heartbeats are events: Flower marks a worker offline without them.
-        *([] if settings.worker.task_events else ["--without-heartbeat"]),
     ])
     return 0
 

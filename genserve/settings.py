@@ -67,8 +67,9 @@ class WorkerSettings(BaseModel):
     # once), otherwise `solo` (concurrency 1) or `prefork`.
     pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
     task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
-    # Celery task and worker events (what Flower and `celery events` show); off by default:
-    # every task then costs a few more Redis messages. On in the compose `ops` profile.
+    # Celery task events (what Flower and `celery events` show) from the start; off by default:
+    # each task then costs a few more Redis messages. Flower turns them on remotely while it
+    # runs (the compose `ops` profile); worker heartbeats are always sent.
     task_events: bool = False
     # Celery node name; %h is the host name. Several workers on one host need distinct names
     # for `celery inspect` to tell them apart (containers differ by host name already).
