@@ -45,6 +45,7 @@ bench: install models
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto
+	$(BIN)/python scripts/api_docs.py
 
 compose-check:
 	docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml is valid"
