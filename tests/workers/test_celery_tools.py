@@ -69,3 +69,12 @@ def test_celery_app_refuses_pickle(redis_url: str):
                              "print(sorted(app.conf.accept_content), app.conf.task_serializer)"],
                             env=dict(os.environ, GENSERVE_BROKER_URL=redis_url), capture_output=True, text=True)
     assert result.stdout.split() == ["['json',", "'msgpack']", "msgpack"], result.stderr
+
+
+def test_celery_inspect_stats_and_active_describe_the_worker(redis_url: str, named_worker: tuple[WorkerProcess, str, str]):
+    """stats names the worker's pool and broker; active lists what runs now (nothing, when idle)."""
+    worker, prefix, node = named_worker
+    stats = inspect(redis_url, prefix, node, "stats")[node]
+    assert stats["pool"]["implementation"].endswith(("solo:TaskPool", "threads:TaskPool", "prefork:TaskPool"))
+    assert stats["broker"]["transport"] == "redis"
+    assert inspect(redis_url, prefix, node, "active") == {node: []}
