@@ -45,6 +45,7 @@ bench: install models
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto protos/genserve/oip/*.proto
+	$(BIN)/python scripts/api_docs.py
 
 ## tritonclient: a virtualenv of its own with NVIDIA's stock client (it pins protobuf and grpcio
 ## apart from ours), for tests/services/test_tritonclient.py, which runs it in a subprocess.

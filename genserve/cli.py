@@ -9,6 +9,7 @@
     genserve generate vae -n 64 --seed 1 -o digits.png
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
     genserve classify textclf "Return the base name of a path."
+    genserve health --address 127.0.0.1:50051   exit 0 when the gateway is SERVING
 
 Settings come from GENSERVE_* environment variables; the flags below override them.
 """
@@ -107,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     text.add_argument("--seed", type=int)
     _client_flags(text)
 
+    health = sub.add_parser("health", help="exit 0 when the gateway reports SERVING (container healthchecks)")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    _client_flags(health)
+    health.set_defaults(timeout=3.0)
+
     classify = sub.add_parser("classify", help="classify texts through a running gateway")
     classify.add_argument("model", help="text classifier, e.g. textclf")
     classify.add_argument("texts", nargs="+")
@@ -182,17 +188,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.embedded:
         print("genserve worker needs --broker-url (or GENSERVE_BROKER_URL)", file=sys.stderr)
         return 2
+    from genserve.workers import hot_models
+    from genserve.workers.leases import install
+
     queues = worker_queues(settings)
-    if not queues:
+    hot = not settings.worker.queues and settings.worker.model_scan_s > 0
+    if not queues and not hot:
         print(f"no models in {settings.model_repository} and no --queues: nothing to serve; "
               "build one with `genserve export vae`", file=sys.stderr)
         return 2
-    from genserve.workers.leases import install
-
+    if not queues:  # an empty repository: wait on the default queue for models to be published
+        print(f"no models in {settings.model_repository} yet: serving each one as it is published",
+              file=sys.stderr)
+        queues = [f"{settings.queue_prefix}.default"]
     from genserve.workers.metrics import serve as serve_metrics
 
     app = create_app(settings)
     pool, concurrency = worker_pool(settings)
+    hot_models.install(app, settings, pool)  # only without --queues: consume new models' queues
     serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
@@ -201,8 +214,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level.upper(), "--hostname", "genserve@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
+        # Heartbeats stay on (one small event every 2 s): they keep the worker's event
+        # dispatcher up, so Flower sees the worker and can turn task events on remotely.
+        "--without-gossip", "--without-mingle",
     ])
     return 0
 
@@ -287,15 +302,39 @@ def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """grpc.health.v1 Check against the gateway: 0 when SERVING, 1 otherwise (NOT_SERVING while
+    the broker is unreachable, or no answer at all)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
             "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf}
-CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify}
+CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:  # clients of a running gateway: no settings needed
-        return CLIENT_COMMANDS[args.command](args)
+        from genserve.rpc import GenserveRpcError
+
+        try:
+            return CLIENT_COMMANDS[args.command](args)
+        except GenserveRpcError as exc:  # the gateway's status and message, not a traceback
+            print(f"genserve {args.command}: {exc}", file=sys.stderr)
+            return 1
     settings = build_settings(args)
     _logging(settings)
     return COMMANDS[args.command](args, settings)

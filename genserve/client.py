@@ -8,8 +8,9 @@
         client.score_text("gpt", "Some held-out prose.").bits_per_byte
         client.classify_texts("textclf", ["Return the path's base name."])[0][0]  # (label, p)
 
-Errors are grpc.RpcError with the gateway's status code and message (INVALID_ARGUMENT names
-the allowed values; NOT_FOUND lists the models).
+Every failed call raises genserve.client.GenserveRpcError (a grpc.RpcError; genserve/rpc.py)
+with the gateway's `status` code and `message` (INVALID_ARGUMENT names the allowed values;
+NOT_FOUND lists the models). genserve.aio_client.AsyncClient is the asyncio twin.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from typing import Any, Iterator
 import grpc
 import numpy as np
 
+from genserve.rpc import GenserveRpcError, guard
 from genserve.tensors import from_proto
 from genserve.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+
+
+__all__ = ["Client", "GeneratedImages", "GeneratedText", "GenserveRpcError", "TextScore"]
 
 
 @dataclass
@@ -63,8 +68,9 @@ class Client:
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         ])
         self.timeout_s = timeout_s
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
-        self.models = models_pb2_grpc.ModelServiceStub(self.channel)
+        # Guarded stubs: every method raises GenserveRpcError, not a bare grpc.RpcError.
+        self.inference = guard(inference_pb2_grpc.InferenceServiceStub(self.channel))
+        self.models = guard(models_pb2_grpc.ModelServiceStub(self.channel))
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)

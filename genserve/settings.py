@@ -72,6 +72,16 @@ class WorkerSettings(BaseModel):
     # 0: any free port (printed at start).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers
+    # Celery task events (what Flower and `celery events` show) from the start; off by default:
+    # each task then costs a few more Redis messages. Flower turns them on remotely while it
+    # runs (the compose `ops` profile); worker heartbeats are always sent.
+    task_events: bool = False
+    # Celery node name; %h is the host name. Several workers on one host need distinct names
+    # for `celery inspect` to tell them apart (containers differ by host name already).
+    hostname: str = "genserve@%h"
+    # Hot models: a worker started without --queues rescans the repository this often and
+    # starts consuming the queue of any model published since (workers/hot_models.py); 0: off.
+    model_scan_s: float = 5.0
 
     @field_validator("queues", mode="before")
     @classmethod

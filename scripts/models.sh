@@ -4,7 +4,9 @@
 # checkpoints (default checkpoints/; a finished checkpoint is reused, not retrained).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+# The checkout's .venv, or the `genserve` on PATH (the compose `models` builder's image).
+GENSERVE=.venv/bin/genserve
+[ -x "$GENSERVE" ] || GENSERVE=genserve
 REPO=${GENSERVE_MODEL_REPOSITORY:-model_repository}
 CHECKPOINTS=${CHECKPOINTS:-checkpoints}
 # name, then what `genserve export` builds it from; digits comes first: it judges the
@@ -30,6 +32,6 @@ for entry in "${MODELS[@]}"; do
   else
     echo "== building $name"
     # shellcheck disable=SC2086  # $args is a family and its flags, split on purpose
-    "$BIN/genserve" export $args --name "$name" --repository "$REPO" --checkpoints "$CHECKPOINTS"
+    "$GENSERVE" export $args --name "$name" --repository "$REPO" --checkpoints "$CHECKPOINTS"
   fi
 done

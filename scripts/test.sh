@@ -16,5 +16,17 @@ if ! redis_up; then
   redis_up || { echo "redis-server did not come up" >&2; exit 1; }
 fi
 
+# tests/test_compose.py validates docker-compose.yml with docker-compose (or `docker compose`):
+# install Debian's docker-compose when neither is there and apt can (root); the test fails
+# without one rather than skip. PyPI's docker-compose 1.x does not install on Python 3.11+.
+if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing docker-compose (apt-get) for tests/test_compose.py"
+    apt-get install -y -q docker-compose >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }
+  else
+    echo "warning: no docker-compose and no apt-get as root: tests/test_compose.py will fail (install docker-compose)" >&2
+  fi
+fi
+
 # pytest exits 5 when it collects nothing; that fails here like any other non-zero exit.
 exec "$BIN/python" -m pytest "$@"

@@ -13,6 +13,7 @@ from genserve.repository import Manifest
 from genserve.services import validation
 from genserve.services.errors import streaming, unary
 from genserve.services.catalog import ModelCatalog
+from genserve.services.readiness import ReadinessChecker
 from genserve.services.dispatch import Dispatcher
 from genserve.services.text_generation import TextGenerationService
 from genserve.settings import Settings
@@ -96,6 +97,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
+        self.readiness = ReadinessChecker(catalog.repository)
 
     @unary
     async def ListModels(self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> models_pb2.ListModelsResponse:
@@ -127,7 +129,13 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             latent_dim=manifest.latent_dim, max_batch_size=manifest.serving.max_batch_size,
             execution_provider=providers[0] if providers else "",
             manifest_json=json.dumps(manifest.model_dump()), batch_stats=batch_stats,
+            **self._readiness(manifest),
         )
+
+    def _readiness(self, manifest: Manifest) -> dict[str, object]:
+        reason = self.readiness.check(manifest)
+        latest = self.catalog.resolve(manifest.name).version == manifest.version
+        return {"ready": not reason, "not_ready_reason": reason, "latest": latest}
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):

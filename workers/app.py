@@ -12,6 +12,7 @@ from __future__ import annotations
 from celery import Celery
 
 from genserve.protocol import Loop
+from genserve.redis_urls import tls_options
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
 from genserve.workers.autoregressive.streaming import RedisStreamSink
@@ -50,8 +51,13 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         task_publish_retry_policy={
             "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
         },
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Events feed Flower and `celery events`; control replies (inspect) are msgpack like
+        # everything else, so tools must load this app (`celery -A genserve.workers.celery_app`).
+        worker_send_task_events=settings.worker.task_events,
+        task_send_sent_event=settings.worker.task_events,
+        # rediss://: verify the server's certificate in the broker and backend like redis-py does.
+        broker_use_ssl=tls_options(settings.broker_url),
+        redis_backend_use_ssl=tls_options(settings.backend_url),
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

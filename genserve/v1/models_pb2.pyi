@@ -39,7 +39,7 @@ class BatchStats(_message.Message):
     def __init__(self, requests_per_message: _Optional[_Mapping[int, int]] = ..., samples_per_onnx_call: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "loop", "description", "rpcs", "inputs", "outputs", "labels", "metrics", "sha256", "latent_dim", "max_batch_size", "execution_provider", "manifest_json", "batch_stats")
+    __slots__ = ("name", "version", "kind", "loop", "description", "rpcs", "inputs", "outputs", "labels", "metrics", "sha256", "latent_dim", "max_batch_size", "execution_provider", "manifest_json", "batch_stats", "ready", "not_ready_reason", "latest")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,9 @@ class ModelInfo(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     BATCH_STATS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    NOT_READY_REASON_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kind: str
@@ -79,7 +82,10 @@ class ModelInfo(_message.Message):
     execution_provider: str
     manifest_json: str
     batch_stats: BatchStats
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., loop: _Optional[str] = ..., description: _Optional[str] = ..., rpcs: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., latent_dim: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., manifest_json: _Optional[str] = ..., batch_stats: _Optional[_Union[BatchStats, _Mapping]] = ...) -> None: ...
+    ready: bool
+    not_ready_reason: str
+    latest: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., loop: _Optional[str] = ..., description: _Optional[str] = ..., rpcs: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., sha256: _Optional[str] = ..., latent_dim: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., execution_provider: _Optional[str] = ..., manifest_json: _Optional[str] = ..., batch_stats: _Optional[_Union[BatchStats, _Mapping]] = ..., ready: _Optional[bool] = ..., not_ready_reason: _Optional[str] = ..., latest: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

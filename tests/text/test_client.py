@@ -42,3 +42,41 @@ def test_text_command_streams_to_stdout(text_gateway):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "The" + expected
     assert "finished: length, seed 4" in done.stderr
+
+
+def test_async_client_streams_what_complete_returns(text_gateway):
+    """AsyncClient.stream_text is an async iterator whose chunks join to the sync completion."""
+    import asyncio
+
+    from genserve.aio_client import AsyncClient
+
+    with Client(text_gateway.address) as client:
+        whole = client.complete_text(GPT_NAME, "The", max_new_tokens=10, seed=8)
+
+    async def stream() -> list:
+        async with AsyncClient(text_gateway.address) as client:
+            return [chunk async for chunk in client.stream_text(GPT_NAME, "The", max_new_tokens=10, seed=8)]
+
+    chunks = asyncio.run(stream())
+    assert "".join(c.text for c in chunks) == whole.text and chunks[-1].finish_reason == "length"
+
+
+def test_streams_of_both_clients_raise_genserve_rpc_error(text_gateway):
+    """An invalid stream request fails with GenserveRpcError while iterating, sync and async alike."""
+    import asyncio
+
+    from genserve.aio_client import AsyncClient
+    from genserve.client import GenserveRpcError
+
+    with Client(text_gateway.address) as client, pytest.raises(GenserveRpcError) as error:
+        list(client.stream_text(GPT_NAME, "The", max_new_tokens=4, top_p=1.5))
+    assert error.value.status == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in error.value.message
+
+    async def stream() -> None:
+        async with AsyncClient(text_gateway.address) as client:
+            async for _ in client.stream_text(GPT_NAME, "The", max_new_tokens=4, top_p=1.5):
+                pass
+
+    with pytest.raises(GenserveRpcError) as aio_error:
+        asyncio.run(stream())
+    assert aio_error.value.status == grpc.StatusCode.INVALID_ARGUMENT
