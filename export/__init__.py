@@ -1,7 +1,12 @@
-"""genserve.export: everything that needs torch, from digits to a published model version.
+"""genserve.export: everything that needs torch, from data to a published model version.
 
-`data` loads MNIST offline, `models` holds one file per model family and the family registry,
-`train` and `evaluate` fit and measure a model, `onnx_export` writes and checks the ONNX graphs,
-and `pipeline` chains them into a new version in the model repository. Workers and the gateway
-never import this package: they read the ONNX files and the manifest it writes.
+    registry.py   the families by manifest kind
+    builders.py   what `genserve train/export <family>` runs
+    core/         shared machinery: spec, options, training loop, ONNX export + parity, publishing
+    data/         offline loaders: mnist, faces, prose (GPT corpus), labelled_texts
+    metrics/      images (PSNR, FD, IS, faces), elbo
+    families/     one folder per family: vae, dae, digits, dcgan, gpt, textclf
+
+Workers and the gateway never import this package: they read the ONNX files and the manifest
+it writes.
 """

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from genserve.export.options import RunOptions
+from genserve.export.core.options import RunOptions
 
 
 @dataclass
@@ -33,8 +33,8 @@ class BuildOptions:
 
 
 def build_vae(options: BuildOptions) -> Path:
-    from genserve.export.models.vae import VAEConfig
-    from genserve.export.pipeline import DEFAULT_EPOCHS, build_vae as pipeline_build_vae, train_vae_only
+    from genserve.export.families.vae.model import VAEConfig
+    from genserve.export.families.vae.build import DEFAULT_EPOCHS, build_vae as pipeline_build_vae, train_vae_only
 
     config = VAEConfig(num_classes=10 if options.conditional else 0)
     epochs = options.epochs or DEFAULT_EPOCHS
@@ -48,7 +48,7 @@ def build_vae(options: BuildOptions) -> Path:
 
 def build_gpt(options: BuildOptions) -> Path:
     """The GPT on the pydoc prose (or --data text files); --epochs counts passes over the tokens."""
-    from genserve.export.gpt_pipeline import build_gpt as pipeline_build_gpt
+    from genserve.export.families.gpt.build import build_gpt as pipeline_build_gpt
 
     return pipeline_build_gpt(options.repo_root, name=options.name, epochs=options.epochs, run=options.run)
 
@@ -57,7 +57,7 @@ def build_textclf(options: BuildOptions) -> Path:
     """MiniLM-L6 fine-tuned on standard-library docstrings (or --data CSV/JSONL of text,label)."""
     from dataclasses import replace
 
-    from genserve.export.textclf_pipeline import DEFAULT_SETTINGS, build_textclf as pipeline_build, finetune_only
+    from genserve.export.families.textclf.build import DEFAULT_SETTINGS, build_textclf as pipeline_build, finetune_only
 
     settings = replace(DEFAULT_SETTINGS, epochs=options.epochs or DEFAULT_SETTINGS.epochs, seed=options.seed)
     if options.train_only:
@@ -75,21 +75,21 @@ def image_options(options: BuildOptions) -> dict[str, object]:
 
 def build_dae(options: BuildOptions) -> Path:
     """The convolutional denoising autoencoder on noisy/clean digit pairs (--data: MNIST IDX)."""
-    from genserve.export.denoise import build_dae as pipeline_build
+    from genserve.export.families.dae.build import build_dae as pipeline_build
 
     return pipeline_build(options.repo_root, **image_options(options))
 
 
 def build_digits(options: BuildOptions) -> Path:
     """The small CNN digit classifier; also the judge of the digit generators' metrics."""
-    from genserve.export.classify import build_digits as pipeline_build
+    from genserve.export.families.digits.build import build_digits as pipeline_build
 
     return pipeline_build(options.repo_root, **image_options(options))
 
 
 def build_gan(options: BuildOptions) -> Path:
     """The digit DCGAN, class-conditional with --conditional; judged by the `digits` model."""
-    from genserve.export.gan import CONDITIONAL_DIGIT_GAN, DIGIT_GAN, build_gan as pipeline_build
+    from genserve.export.families.dcgan.build import CONDITIONAL_DIGIT_GAN, DIGIT_GAN, build_gan as pipeline_build
 
     config = CONDITIONAL_DIGIT_GAN if options.conditional else DIGIT_GAN
     return pipeline_build(options.repo_root, config=config, **image_options(options))
@@ -97,7 +97,7 @@ def build_gan(options: BuildOptions) -> Path:
 
 def build_faces(options: BuildOptions) -> Path:
     """The face DCGAN on LFW's 25x25 faces (--data: a folder of face images, made grey 25x25)."""
-    from genserve.export.gan import build_faces as pipeline_build
+    from genserve.export.families.dcgan.build import build_faces as pipeline_build
 
     return pipeline_build(options.repo_root, **image_options(options))
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 # architecture -> "module:function" of its importer, imported only when that architecture is asked for
 IMPORTERS: dict[str, str] = {
-    "BertForSequenceClassification": "genserve.export.textclf_pipeline:import_bert_classifier",
-    "GPT2LMHeadModel": "genserve.export.gpt_hf:import_gpt2",
+    "BertForSequenceClassification": "genserve.export.families.textclf.build:import_bert_classifier",
+    "GPT2LMHeadModel": "genserve.export.families.gpt.hf:import_gpt2",
 }
 TAKES_DATA = {"BertForSequenceClassification"}  # importers that can score labelled held-out texts
 

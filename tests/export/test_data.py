@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genserve.export.data import load_mnist, read_idx, train_heldout_split
+from genserve.export.data.mnist import load_mnist, read_idx, train_heldout_split
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

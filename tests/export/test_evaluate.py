@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genserve.export.evaluate import heldout_neg_elbo, sample_grid_png
-from genserve.export.models.vae import VAEConfig
-from genserve.export.train import init_model
+from genserve.export.metrics.elbo import heldout_neg_elbo, sample_grid_png
+from genserve.export.families.vae.model import VAEConfig
+from genserve.export.families.vae.train import init_model
 
 
 def test_heldout_elbo_is_reproducible_and_adds_up(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genserve.export.classify import shift
-from genserve.export.models import FAMILIES
-from genserve.export.models.cnn_classifier import CNNClassifier, CNNConfig
-from genserve.export.models.dae import DAE, DAEConfig, add_noise
-from genserve.export.models.dcgan import GAN, GANConfig, class_of
+from genserve.export.families.digits.build import shift
+from genserve.export.registry import FAMILIES
+from genserve.export.families.digits.model import CNNClassifier, CNNConfig
+from genserve.export.families.dae.model import DAE, DAEConfig, add_noise
+from genserve.export.families.dcgan.model import GAN, GANConfig, class_of
 from genserve.repository import LOOPS
 
 

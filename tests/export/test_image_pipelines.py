@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 
 from genserve.export.builders import BUILDERS, BuildOptions
-from genserve.export.classify import build_digits
-from genserve.export.denoise import build_dae
-from genserve.export.fit import FitResult
-from genserve.export.gan import build_faces, build_gan, train_gan
-from genserve.export.models.cnn_classifier import CNNConfig
-from genserve.export.models.dae import DAEConfig
-from genserve.export.models.dcgan import GANConfig
-from genserve.export.options import RunOptions
-from genserve.export.train import CheckpointMismatchError
+from genserve.export.families.digits.build import build_digits
+from genserve.export.families.dae.build import build_dae
+from genserve.export.core.training import FitResult
+from genserve.export.families.dcgan.build import build_faces, build_gan, train_gan
+from genserve.export.families.digits.model import CNNConfig
+from genserve.export.families.dae.model import DAEConfig
+from genserve.export.families.dcgan.model import GANConfig
+from genserve.export.core.options import RunOptions
+from genserve.export.families.vae.train import CheckpointMismatchError
 from genserve.repository import ModelRepository
 
 TINY_CNN = CNNConfig(widths=(4, 8), features=16)
@@ -132,8 +132,8 @@ def test_train_only_builders_publish_nothing(tmp_path: Path) -> None:
 
 def test_vae_is_judged_like_the_gans_when_a_classifier_is_published(judged: Path) -> None:
     """A conditional VAE built beside `digits` gets FD, Inception score and class accuracy too."""
-    from genserve.export.models.vae import VAEConfig
-    from genserve.export.pipeline import build_vae
+    from genserve.export.families.vae.model import VAEConfig
+    from genserve.export.families.vae.build import build_vae
 
     build_vae(judged, name="cvae", config=VAEConfig(latent_dim=4, hidden=(32,), num_classes=10),
               epochs=1, limit=300, progress=False)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from genserve.export.faces import load_faces, load_nonfaces, split_faces
-from genserve.export.metrics import (
+from genserve.export.data.faces import load_faces, load_nonfaces, split_faces
+from genserve.export.metrics.images import (
     digit_generation_metrics,
     face_generation_metrics,
     frechet_distance,
     inception_score,
     psnr,
 )
-from genserve.export.models.cnn_classifier import CNNClassifier, CNNConfig
+from genserve.export.families.digits.model import CNNClassifier, CNNConfig
 
 
 def test_psnr_of_a_known_error_is_its_decibels() -> None:

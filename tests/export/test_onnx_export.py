@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from genserve.export.models import FAMILIES
-from genserve.export.models.vae import VAE, VAEConfig
-from genserve.export.onnx_export import (
+from genserve.export.registry import FAMILIES
+from genserve.export.families.vae.model import VAE, VAEConfig
+from genserve.export.core.onnx_export import (
     PARITY_ATOL,
     OnnxParityError,
     check_parity,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from genserve.export.data import train_heldout_split
-from genserve.export.evaluate import heldout_neg_elbo
-from genserve.export.models.vae import VAEConfig
-from genserve.export.train import (
+from genserve.export.data.mnist import train_heldout_split
+from genserve.export.metrics.elbo import heldout_neg_elbo
+from genserve.export.families.vae.model import VAEConfig
+from genserve.export.families.vae.train import (
     CHECKPOINT,
     CheckpointMismatchError,
     init_model,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from genserve.export.models import FAMILIES
-from genserve.export.models.vae import VAE, VAEConfig
+from genserve.export.registry import FAMILIES
+from genserve.export.families.vae.model import VAE, VAEConfig
 from genserve.repository import LOOPS
 
 

@@ -132,6 +132,6 @@ _CALLS: list[tuple[Path, Path, str]] = []  # what the stand-in importer was call
 
 
 def _record(hf_dir: Path, repo_root: Path, name: str) -> Path:
-    """Stands in for genserve.export.gpt_hf.import_gpt2, whose own tests cover the GPT path."""
+    """Stands in for genserve.export.families.gpt.hf.import_gpt2, whose own tests cover the GPT path."""
     _CALLS.append((hf_dir, repo_root, name))
     return repo_root / name / "1"

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genserve.export.fit import FitResult, fit, init_module, run_settings
-from genserve.export.metrics import inception_score, judge
-from genserve.export.models.cnn_classifier import CNN_SPEC, CNNClassifier, CNNConfig
-from genserve.export.options import RunOptions
-from genserve.export.publishing import digit_split, digit_training_record, publish_model
+from genserve.export.core.training import FitResult, fit, init_module, run_settings
+from genserve.export.metrics.images import inception_score, judge
+from genserve.export.families.digits.model import CNN_SPEC, CNNClassifier, CNNConfig
+from genserve.export.core.options import RunOptions
+from genserve.export.core.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes about 15 s on 2 idle CPU cores.

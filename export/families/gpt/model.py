@@ -4,7 +4,7 @@ Read top to bottom: config, causal self-attention (which takes and returns the c
 block, the model with its training loss, the serving wrapper that ONNX exports, then the spec.
 The architecture is GPT-2's (pre-LayerNorm blocks, learned positions, tanh-GELU, a language
 model head tied to the token embedding), so a Hugging Face GPT2LMHeadModel maps onto it
-weight for weight (`genserve.export.gpt_hf.import_gpt2`).
+weight for weight (`genserve.export.families.gpt.hf.import_gpt2`).
 
 The serving graph is one ONNX graph for prefill and decode steps alike:
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.export.models.spec import GraphSpec, ModelSpec
+from genserve.export.core.spec import GraphSpec, ModelSpec
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values, (B, H, P, D) each
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genserve.export.models.spec import GraphSpec, ModelSpec
-from genserve.export.models.vae import example_label, with_label
+from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.export.families.vae.model import example_label, with_label
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genserve.export.fit import FitResult, fit, init_module, run_settings
-from genserve.export.metrics import psnr
-from genserve.export.models.dae import DAE, DAE_SPEC, DAEConfig, add_noise
-from genserve.export.options import RunOptions
-from genserve.export.publishing import digit_split, digit_training_record, publish_model
+from genserve.export.core.training import FitResult, fit, init_module, run_settings
+from genserve.export.metrics.images import psnr
+from genserve.export.families.dae.model import DAE, DAE_SPEC, DAEConfig, add_noise
+from genserve.export.core.options import RunOptions
+from genserve.export.core.publishing import digit_split, digit_training_record, publish_model
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes under a minute on 2 CPU cores.

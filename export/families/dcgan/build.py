@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from genserve.export.faces import describe_faces, load_faces, load_nonfaces, split_faces
-from genserve.export.fit import FitResult, fit, init_module, run_settings
-from genserve.export.metrics import digit_generation_metrics, face_generation_metrics
-from genserve.export.models.dcgan import DCGAN_SPEC, GAN, GANConfig, class_of
-from genserve.export.options import RunOptions
-from genserve.export.publishing import (
+from genserve.export.data.faces import describe_faces, load_faces, load_nonfaces, split_faces
+from genserve.export.core.training import FitResult, fit, init_module, run_settings
+from genserve.export.metrics.images import digit_generation_metrics, face_generation_metrics
+from genserve.export.families.dcgan.model import DCGAN_SPEC, GAN, GANConfig, class_of
+from genserve.export.core.options import RunOptions
+from genserve.export.core.publishing import (
     digit_split,
     digit_training_record,
     load_latest,
@@ -211,7 +211,7 @@ def judge_for(repo_root: Path, run: RunOptions) -> tuple[nn.Module, str]:
     and its reference."""
     found = load_latest(repo_root, JUDGE)
     if found is None:
-        from genserve.export.classify import build_digits
+        from genserve.export.families.digits.build import build_digits
 
         log.warning("no %r classifier in %s to judge the digits; building it first",
                     JUDGE, repo_root)

@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 import torch
 
-from genserve.export.models.spec import ModelSpec
-from genserve.export.models.text_classifier import TextClassifier, example_texts
-from genserve.export.onnx_export import (OPSET, PARITY_ATOL, OnnxParityError, declare_output_shapes,
+from genserve.export.core.spec import ModelSpec
+from genserve.export.families.textclf.model import TextClassifier, example_texts
+from genserve.export.core.onnx_export import (OPSET, PARITY_ATOL, OnnxParityError, declare_output_shapes,
                                          onnx_metadata)
-from genserve.export.textclf_train import predict_torch
+from genserve.export.families.textclf.train import predict_torch
 from genserve.settings import WorkerSettings
 from genserve.workers.runtime import OnnxModel
 from genserve.tokenization import pad_batch

@@ -18,13 +18,13 @@ import onnxruntime
 import torch
 
 import genserve
-from genserve.export.data import describe_source, load_mnist, train_heldout_split
-from genserve.export.evaluate import ElboReport, heldout_neg_elbo, sample_grid_png
-from genserve.export.metrics import digit_generation_metrics
-from genserve.export.models.vae import VAE, VAE_SPEC, VAEConfig
-from genserve.export.onnx_export import OPSET, ExportResult, export_model
-from genserve.export.train import train_vae
-from genserve.export.models import FAMILIES, ModelSpec
+from genserve.export.data.mnist import describe_source, load_mnist, train_heldout_split
+from genserve.export.metrics.elbo import ElboReport, heldout_neg_elbo, sample_grid_png
+from genserve.export.metrics.images import digit_generation_metrics
+from genserve.export.families.vae.model import VAE, VAE_SPEC, VAEConfig
+from genserve.export.core.onnx_export import OPSET, ExportResult, export_model
+from genserve.export.families.vae.train import train_vae
+from genserve.export.registry import FAMILIES, ModelSpec
 from genserve.repository import ImageSpec, Manifest, ModelRepository, OnnxFile, next_version, publish
 
 # Defaults: the full build (4,500 training digits) takes about a minute on 2 CPU cores.

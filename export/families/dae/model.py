@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.export.models.spec import GraphSpec, ModelSpec
-from genserve.export.models.vae import mlp
+from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.export.families.vae.model import mlp
 
 ARCHS = ("conv", "dense")
 

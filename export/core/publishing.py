@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from genserve.export.data import describe_source, load_mnist, train_heldout_split
-from genserve.export.evaluate import sample_grid_png
-from genserve.export.models.spec import ModelSpec
-from genserve.export.onnx_export import export_model
-from genserve.export.pipeline import WEIGHTS, load_published, save_weights, tool_versions
+from genserve.export.data.mnist import describe_source, load_mnist, train_heldout_split
+from genserve.export.metrics.elbo import sample_grid_png
+from genserve.export.core.spec import ModelSpec
+from genserve.export.core.onnx_export import export_model
+from genserve.export.families.vae.build import WEIGHTS, load_published, save_weights, tool_versions
 from genserve.repository import (
     ImageSpec,
     Manifest,

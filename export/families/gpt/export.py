@@ -1,6 +1,6 @@
 """Export a GPT with its key/value cache to one ONNX graph and prove it on prefill and decode.
 
-The graph (see `genserve.export.models.gpt`) serves both phases: prefill with an empty past
+The graph (see `genserve.export.families.gpt.model`) serves both phases: prefill with an empty past
 (P = 0) and decode steps that feed back `present` as `past`. Dynamic axes: batch, new tokens,
 cache length. Traced with the legacy TorchScript exporter (`dynamo=False`), as the other
 families, opset 17.
@@ -32,8 +32,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from genserve.export.models.gpt import GPT, GPT_SPEC, GPTConfig, GPTWithCache, cache_names, empty_past
-from genserve.export.onnx_export import OPSET, ExportResult, OnnxParityError, graph_signature, onnx_metadata
+from genserve.export.families.gpt.model import GPT, GPT_SPEC, GPTConfig, GPTWithCache, cache_names, empty_past
+from genserve.export.core.onnx_export import OPSET, ExportResult, OnnxParityError, graph_signature, onnx_metadata
 
 PARITY_ATOL = 1e-3  # max abs difference allowed on logits and cache (module docstring)
 DECODE_STEPS = 8  # decode steps checked after the prefill

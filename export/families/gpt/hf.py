@@ -6,7 +6,7 @@ The directory is what `save_pretrained` writes: `config.json`, the weights
 (`model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin`) and
 the tokenizer (`tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`). Nothing is
 downloaded and `transformers` is not needed: GPT-2's architecture is exactly
-`genserve.export.models.gpt.GPT` (pre-LN blocks, learned positions, tanh-GELU, tied head), so
+`genserve.export.families.gpt.model.GPT` (pre-LN blocks, learned positions, tanh-GELU, tied head), so
 the weights map name for name, Conv1D matrices transposed. Configurations that are not plain
 GPT-2 (another activation, scaled attention per layer, cross-attention, an untied head) are
 refused with a message rather than served wrongly. The model then goes through the same ONNX
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from genserve.export.gpt_pipeline import HELDOUT_FRACTION, heldout_score, publish_gpt
-from genserve.export.models.gpt import GPT, GPTConfig
-from genserve.export.text_corpus import load_corpus, split_documents
+from genserve.export.families.gpt.build import HELDOUT_FRACTION, heldout_score, publish_gpt
+from genserve.export.families.gpt.model import GPT, GPTConfig
+from genserve.export.data.prose import load_corpus, split_documents
 
 IMPORT_EVAL_TOKENS = 8192  # held-out tokens scored at import: enough for 2 digits, quick for GPT-2 small
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from genserve.export.models.vae import VAE, VAEConfig
+from genserve.export.families.vae.model import VAE, VAEConfig
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from genserve.export.models.text_classifier import TextClassifier
-from genserve.export.train import epoch_generator, load_checkpoint, save_checkpoint
+from genserve.export.families.textclf.model import TextClassifier
+from genserve.export.families.vae.train import epoch_generator, load_checkpoint, save_checkpoint
 from genserve.tokenization import TextEncoder, pad_batch
 
 CHECKPOINT = "checkpoint.pt"

@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from genserve.export.gpt_export import export_gpt
-from genserve.export.models.gpt import GPT, GPT_SPEC, GPTConfig
-from genserve.export.onnx_export import ExportResult
-from genserve.export.options import RunOptions
-from genserve.export.pipeline import save_weights, tool_versions
-from genserve.export.text_corpus import (
+from genserve.export.families.gpt.export import export_gpt
+from genserve.export.families.gpt.model import GPT, GPT_SPEC, GPTConfig
+from genserve.export.core.onnx_export import ExportResult
+from genserve.export.core.options import RunOptions
+from genserve.export.families.vae.build import save_weights, tool_versions
+from genserve.export.data.prose import (
     EOS, Document, describe_corpus, encode_stream, load_corpus, split_documents, train_tokenizer,
 )
-from genserve.export.train import CheckpointMismatchError, epoch_generator
+from genserve.export.families.vae.train import CheckpointMismatchError, epoch_generator
 from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
 from genserve.scoring import score_windows
 

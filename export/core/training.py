@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from genserve.export.train import CHECKPOINT, CheckpointMismatchError, epoch_generator
+from genserve.export.families.vae.train import CHECKPOINT, CheckpointMismatchError, epoch_generator
 
 # (batch indices (B,), the epoch's generator) -> {loss name: value} for the progress bar
 Step = Callable[[torch.Tensor, torch.Generator], dict[str, float]]

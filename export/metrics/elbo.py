@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genserve.export.models.vae import VAE
+from genserve.export.families.vae.model import VAE
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from genserve.export.models.spec import GraphSpec, ModelSpec
+from genserve.export.core.spec import GraphSpec, ModelSpec
 from genserve.repository import TensorSpec
 
 OPSET = 17

@@ -1,0 +1,1 @@
+"""Shared machinery of every family: spec, options, training loop, ONNX export, publishing."""

@@ -1,0 +1,1 @@
+"""The DCGANs: model.py, build.py (digit GANs and the face GAN)."""
