@@ -80,7 +80,7 @@ def torch_greedy(repository: ModelRepository, loaded: LoadedModel, ids: list[int
     try:
         import torch
 
-        from genserve.export.families.vae.build import load_published
+        from genserve.export.core.publishing import load_published
     except ImportError:
         return None
     torch.set_num_threads(threads)

@@ -36,7 +36,7 @@ def systems(repository: ModelRepository, ref: str, threads: int) -> tuple[dict[s
     """name -> run(rows), and the tokenizer's pad id."""
     import torch
 
-    from genserve.export.families.vae.build import load_published
+    from genserve.export.core.publishing import load_published
     from genserve.export.families.textclf.export import session
     from genserve.export.families.textclf.train import to_tensors
     from genserve.tokenization import pad_batch

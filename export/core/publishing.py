@@ -1,7 +1,11 @@
-"""Export + publish for any family: ONNX graphs with parity, weights, grid, manifest, version.
+"""Publishing any family: the one manifest builder, weights beside the graphs, sample grids.
 
-The image families' pipelines (denoise.py, classify.py, gan.py) end here; the manifest they
-get is built from the family spec and what the pipeline measured, nothing family-specific.
+Every family ends in `publish_version`: it reads the exported graphs' signatures back from the
+files, fills the manifest fields every version has (kind, loop and description from the spec,
+config, parity, tool versions) and takes the family's own fields (image, labels, preprocess,
+training, metrics, serving hints, ...) as keywords. `publish_model` is the image families'
+whole tail: export with parity, weights, grid, manifest, version. `load_published` rebuilds a
+published version in PyTorch from its weights.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
+from PIL import Image
 from torch import nn
 
-from genserve.export.data.mnist import describe_source, load_mnist, train_heldout_split
-from genserve.export.metrics.elbo import sample_grid_png
+import genserve
+from genserve.export.core.onnx_export import OPSET, export_model, graph_signature
 from genserve.export.core.spec import ModelSpec
-from genserve.export.core.onnx_export import export_model
-from genserve.export.families.vae.build import WEIGHTS, load_published, save_weights, tool_versions
+from genserve.export.data.mnist import DIGIT_HELDOUT_FRACTION
 from genserve.repository import (
     ImageSpec,
     Manifest,
@@ -29,18 +35,85 @@ from genserve.repository import (
     publish,
 )
 
-DIGIT_HELDOUT_FRACTION = 0.1  # the VAE's split: every digit family holds out the same digits
+WEIGHTS = "weights.pt"  # PyTorch state dict + config, beside the ONNX files
+GRID = "samples.png"  # sample images of the version, for people
+TOKENIZER = "tokenizer.json"  # a text model's tokenizer, beside its graphs (manifest preprocess names it)
 
 
-def digit_split(
-    data_path: Path | None, limit: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """(x_train, y_train, x_held, y_held, dataset description) of the digits, as the VAE splits
-    them: with the same seed every digit family trains and is measured on the same digits."""
-    images, labels = load_mnist(data_path, limit=limit, seed=seed)
-    split = train_heldout_split(images, labels, DIGIT_HELDOUT_FRACTION, seed)
-    dataset = describe_source(data_path) + ("" if limit is None else f", {limit} digits")
-    return (*split, dataset)
+def tool_versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "genserve": genserve.__version__,
+        "onnx_opset": str(OPSET),
+    }
+
+
+def save_weights(spec: ModelSpec, model: nn.Module, path: Path) -> Path:
+    """The PyTorch weights with their config, so the exact model can be rebuilt (fine-tuning,
+    PyTorch-eager baselines) from the repository alone."""
+    torch.save({"kind": spec.kind, "config": asdict(model.config), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def load_published(repository: ModelRepository, manifest: Manifest, role: str = "model") -> nn.Module:
+    """Rebuild a published version in PyTorch and return the module behind graph `role`."""
+    from genserve.export.registry import specs
+
+    path = repository.root / manifest.name / manifest.version / WEIGHTS
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = specs()[saved["kind"]]
+    model = spec.build(spec.config_class(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return spec.graphs(model)[role].module
+
+
+def load_latest(repo_root: Path, name: str) -> tuple[nn.Module, Manifest] | None:
+    """The PyTorch serving module of the latest published `name` and its manifest, or None."""
+    repository = ModelRepository(repo_root)
+    if not repository.versions(name):
+        return None
+    manifest = repository.resolve(name)
+    return load_published(repository, manifest), manifest
+
+
+def publish_version(
+    repo_root: Path,
+    name: str,
+    spec: ModelSpec,
+    model: nn.Module,
+    graphs: dict[str, Path],
+    extra: dict[str, Path],
+    *,
+    parity: dict[str, float],
+    description: str | None = None,
+    tools: dict[str, str] | None = None,
+    **fields: Any,
+) -> Path:
+    """Build the manifest of the next version of `name` and publish it with its files.
+
+    `graphs` maps a role to its ONNX file (signatures are read back from it), `extra` the files
+    beside them; `fields` are the family's own manifest fields (training, metrics, image, ...).
+    """
+    files = {}  # path and sha256 are filled in by publish()
+    for role, path in graphs.items():
+        inputs, outputs = graph_signature(path)
+        files[role] = OnnxFile(path="", sha256="", inputs=inputs, outputs=outputs)
+    manifest = Manifest(
+        name=name,
+        version=next_version(Path(repo_root), name),
+        kind=spec.kind,
+        loop=spec.loop,
+        description=description or spec.description,
+        files=files,
+        config=asdict(model.config),
+        parity=parity,
+        tools=tool_versions() | (tools or {}),
+        **fields,
+    )
+    return publish(repo_root, manifest, graphs, extra)
 
 
 def publish_model(
@@ -62,44 +135,16 @@ def publish_model(
     `grid` is (images, per row) for samples.png; the PyTorch weights go beside the ONNX files;
     `description` replaces the family's when this variant needs saying.
     """
-    config = model.config
     with tempfile.TemporaryDirectory(prefix="genserve-export-") as tmp:
         exported = export_model(spec, model, Path(tmp))
-        extra = {WEIGHTS: save_weights(spec, config, model, Path(tmp) / WEIGHTS)}
+        extra = {WEIGHTS: save_weights(spec, model, Path(tmp) / WEIGHTS)}
         if grid is not None:
-            extra["samples.png"] = sample_grid_png(grid[0], Path(tmp) / "s.png", nrow=grid[1])
-        files = {  # path and sha256 are filled in by publish()
-            role: OnnxFile(
-                path="", sha256="", inputs=exported.inputs[role], outputs=exported.outputs[role]
-            )
-            for role in exported.paths
-        }
-        manifest = Manifest(
-            name=name,
-            version=next_version(Path(repo_root), name),
-            kind=spec.kind,
-            loop=spec.loop,
-            description=description or spec.description,
-            files=files,
-            config=asdict(config),
-            latent_dim=latent_dim,
-            image=image,
-            labels=labels or [],
-            training=training,
-            metrics={k: float(v) for k, v in metrics.items()},
-            parity=exported.parity,
-            tools=tool_versions(),
+            extra[GRID] = sample_grid_png(grid[0], Path(tmp) / "s.png", nrow=grid[1])
+        return publish_version(
+            repo_root, name, spec, model, exported.paths, extra, parity=exported.parity,
+            description=description, latent_dim=latent_dim, image=image, labels=labels or [],
+            training=training, metrics={k: float(v) for k, v in metrics.items()},
         )
-        return publish(repo_root, manifest, exported.paths, extra)
-
-
-def load_latest(repo_root: Path, name: str) -> tuple[nn.Module, Manifest] | None:
-    """The PyTorch serving module of the latest published `name` and its manifest, or None."""
-    repository = ModelRepository(repo_root)
-    if not repository.versions(name):
-        return None
-    manifest = repository.resolve(name)
-    return load_published(repository, manifest), manifest
 
 
 def digit_training_record(dataset: str, x_train: np.ndarray, x_held: np.ndarray, seed: int, fit: Any,
@@ -124,3 +169,24 @@ def training_record(
         "final_losses": fit.history[-1] if fit.history else {},
         **knobs,
     }
+
+
+def sample_grid_png(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    """Tile (N, C, H, W) images in [0, 1] into one PNG, nrow per row, 2 px black gutters."""
+    array = (
+        images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    )
+    n, channels, height, width = array.shape
+    rows = -(-n // nrow)  # ceil(n / nrow)
+    pad = 2
+    grid = np.zeros((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), np.float32)
+    for i, image in enumerate(array):
+        top = pad + (i // nrow) * (height + pad)
+        left = pad + (i % nrow) * (width + pad)
+        grid[:, top : top + height, left : left + width] = image
+    pixels = (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    pil = Image.fromarray(pixels[0] if channels == 1 else pixels.transpose(1, 2, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path)
+    return path

@@ -1,7 +1,9 @@
 """What a model family declares about itself: kind, serving loop, config, and its ONNX graphs.
 
-The exporter, the pipeline and the manifest read these specs and nothing family-specific, so a
-new family is one file in `export/models/` plus one line in the registry (`models/__init__.py`).
+The exporter, the publishing code and the manifest read these specs and nothing
+family-specific, so a new family is one folder in `export/families/` plus one line in
+`export/registry.py`. The exporter writes kind, loop and config into the ONNX metadata and the
+manifest; the worker reads the loop back and picks its serving loop.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ModelSpec:
     """A model family: how to build it and which graphs (by manifest role) it serves with."""
 
     kind: str  # manifest `kind`, also written into the ONNX metadata
-    loop: str  # the worker's serving loop, one of genserve.repository.LOOPS
+    loop: str  # the worker's serving loop, a genserve.protocol.Loop value (plain string in the manifest)
     config_class: type  # dataclass of hyperparameters; saved in checkpoints and manifests
     build: Callable[[Any], nn.Module]  # config -> freshly initialised model
     graphs: Callable[[nn.Module], dict[str, GraphSpec]]  # model -> role ("model", ...) -> graph

@@ -1,1 +1,2 @@
-"""Offline data loaders: mnist.py, faces.py, prose.py (the GPT corpus), labelled_texts.py."""
+"""Offline data loaders: MNIST digits (mnist.py), faces (faces.py), the GPT's prose corpus
+(prose.py) and the text classifier's labelled docstrings (labelled_texts.py)."""

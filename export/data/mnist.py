@@ -106,3 +106,17 @@ def train_heldout_split(
     train = np.flatnonzero(~is_heldout)
     held = np.flatnonzero(is_heldout)
     return images[train], labels[train], images[held], labels[held]
+
+
+DIGIT_HELDOUT_FRACTION = 0.1  # every digit family holds out the same digits
+
+
+def digit_split(
+    data_path: Path | None, limit: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(x_train, y_train, x_held, y_held, dataset description) of the digits: with the same
+    seed every digit family (the VAE too) trains and is measured on the same digits."""
+    images, labels = load_mnist(data_path, limit=limit, seed=seed)
+    split = train_heldout_split(images, labels, DIGIT_HELDOUT_FRACTION, seed)
+    dataset = describe_source(data_path) + ("" if limit is None else f", {limit} digits")
+    return (*split, dataset)

@@ -1,4 +1,4 @@
-"""Held-out metrics and sample grids for a trained VAE.
+"""The held-out negative ELBO of a trained VAE (its sample grid is core/publishing.py's).
 
 The held-out negative ELBO is estimated per image with analytic KL(q(z|x) || N(0, I)) and a
 Monte Carlo reconstruction term: `samples` reparameterised draws z ~ q(z|x) (one by default),
@@ -8,11 +8,9 @@ never the mean of q. The noise comes from a seeded generator, so the number is r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from genserve.export.families.vae.model import VAE
 
@@ -58,24 +56,3 @@ def heldout_neg_elbo(
             kl_sum += kl.sum().item() / samples
     n = len(x_all)
     return ElboReport(neg_elbo=(recon_sum + kl_sum) / n, recon=recon_sum / n, kl=kl_sum / n)
-
-
-def sample_grid_png(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """Tile (N, C, H, W) images in [0, 1] into one PNG, nrow per row, 2 px black gutters."""
-    array = (
-        images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    )
-    n, channels, height, width = array.shape
-    rows = -(-n // nrow)  # ceil(n / nrow)
-    pad = 2
-    grid = np.zeros((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), np.float32)
-    for i, image in enumerate(array):
-        top = pad + (i // nrow) * (height + pad)
-        left = pad + (i % nrow) * (width + pad)
-        grid[:, top : top + height, left : left + width] = image
-    pixels = (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    pil = Image.fromarray(pixels[0] if channels == 1 else pixels.transpose(1, 2, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(path)
-    return path

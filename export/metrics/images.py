@@ -1,11 +1,5 @@
 """Image-quality metrics measured at export: PSNR, Frechet distance, Inception score, and the
-face features the face generator is judged on.
-
-Digits are judged by the project's digit classifier (the FID recipe with an MNIST classifier
-in place of Inception): the Frechet distance between its penultimate-layer features of
-generated and of held-out real digits, the Inception score exp(E_x KL(p(y|x) || p(y))) of its
-class probabilities (10 is the most a 10-class judge can give), and for conditional models the
-fraction of samples it assigns to the requested class.
+face features the face generator is judged on (judge.py applies FD and IS to the digits).
 
 Faces are judged on eigenfaces and HOG descriptors (`face_generation_metrics` says why).
 """
@@ -13,8 +7,6 @@ Faces are judged on eigenfaces and HOG descriptors (`face_generation_metrics` sa
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 
 def psnr(reference: np.ndarray, image: np.ndarray, peak: float = 1.0) -> float:
@@ -52,48 +44,6 @@ def inception_score(probs: np.ndarray) -> float:
     marginal = probs.mean(axis=0, keepdims=True)  # (1, K) p(y)
     kl = (probs * (np.log(probs + eps) - np.log(marginal + eps))).sum(axis=1)  # (N,)
     return float(np.exp(kl.mean()))
-
-
-@torch.no_grad()
-def judge(
-    classifier: nn.Module, images: np.ndarray | torch.Tensor, batch: int = 500
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, F), class probabilities (N, K)) of a CNNClassifier on images (N, C, H, W)."""
-    classifier.eval()
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    features, probs = [], []
-    for start in range(0, len(x), batch):
-        h = classifier.features(x[start : start + batch])  # (B, F)
-        features.append(h.numpy().astype(np.float64))
-        probs.append(torch.softmax(classifier.head(h).double(), dim=1).numpy())
-    return np.concatenate(features), np.concatenate(probs)
-
-
-def digit_generation_metrics(
-    classifier: nn.Module,
-    generated: np.ndarray | torch.Tensor,
-    heldout: np.ndarray,
-    train: np.ndarray,
-    requested: np.ndarray | None = None,
-) -> dict[str, float]:
-    """FD and IS of generated digits with their real-vs-real references; class accuracy.
-
-    The reference compares as many training digits as there are generated ones with the same
-    held-out digits: what a perfect generator (one that draws real digits) would score.
-    """
-    gen_features, gen_probs = judge(classifier, generated)
-    held_features, held_probs = judge(classifier, heldout)
-    pick = np.random.default_rng(0).permutation(len(train))[: len(gen_features)]
-    train_features, _ = judge(classifier, train[np.sort(pick)])
-    metrics = {
-        "fd_digits": frechet_distance(gen_features, held_features),
-        "fd_digits_real_vs_real": frechet_distance(train_features, held_features),
-        "inception_score": inception_score(gen_probs),
-        "inception_score_real": inception_score(held_probs),
-    }
-    if requested is not None:
-        metrics["conditional_accuracy"] = float((gen_probs.argmax(axis=1) == requested).mean())
-    return metrics
 
 
 def hog_descriptors(images: np.ndarray) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genserve.export.families.digits.build import shift
-from genserve.export.registry import FAMILIES
-from genserve.export.families.digits.model import CNNClassifier, CNNConfig
 from genserve.export.families.dae.model import DAE, DAEConfig, add_noise
 from genserve.export.families.dcgan.model import GAN, GANConfig, class_of
-from genserve.repository import LOOPS
+from genserve.export.families.digits.build import shift
+from genserve.export.families.digits.model import CNNClassifier, CNNConfig
+from genserve.export.registry import specs
+from genserve.protocol import LOOP_NAMES
 
 
 @pytest.mark.parametrize(
@@ -19,8 +19,8 @@ from genserve.repository import LOOPS
 )
 def test_image_families_are_registered_with_their_loops(kind: str, loop: str, module: type) -> None:
     """Each family maps to its serving loop and builds its module from the default config."""
-    spec = FAMILIES[kind]
-    assert spec.loop == loop and loop in LOOPS
+    spec = specs()[kind]
+    assert spec.loop == loop and loop in LOOP_NAMES
     assert isinstance(spec.build(spec.config_class()), module)
 
 
@@ -101,7 +101,7 @@ def test_a_class_mixture_reads_every_class_equally_often_from_z() -> None:
     counts = torch.bincount(class_of(z, 10), minlength=10).double() / len(z)
     assert counts.min() > 0.09 and counts.max() < 0.11
     mixture = GAN(GANConfig(latent_dim=8, features=4, num_classes=10, label_from_latent=True)).eval()
-    graph = FAMILIES["dcgan"].graphs(mixture)["model"]
+    graph = specs()["dcgan"].graphs(mixture)["model"]
     assert list(graph.make_inputs(2, torch.Generator())) == ["z"]
     one = z[:1].repeat(2, 1)
     one[1, 0] = -one[1, 0] + 0.5  # another class, same remaining latent

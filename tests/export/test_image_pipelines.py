@@ -1,6 +1,6 @@
 """The image builders end to end on tiny configs: train, measure, export, publish; resumable.
 
-They run through `BUILDERS`, the same functions `genserve train/export <family>` and
+They run through the registry's builds, the same functions `genserve train/export <family>` and
 `make models` call, with only the sizes turned down.
 """
 
@@ -15,16 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from genserve.export.builders import BUILDERS, BuildOptions
-from genserve.export.families.digits.build import build_digits
-from genserve.export.families.dae.build import build_dae
+from genserve.export.core.checkpoint import CheckpointMismatchError
+from genserve.export.core.options import BuildOptions, RunOptions
 from genserve.export.core.training import FitResult
-from genserve.export.families.dcgan.build import build_faces, build_gan, train_gan
-from genserve.export.families.digits.model import CNNConfig
+from genserve.export.families.dae.build import build_dae
 from genserve.export.families.dae.model import DAEConfig
+from genserve.export.families.dcgan.build import build_gan, train_gan
+from genserve.export.families.dcgan.faces import build_faces
 from genserve.export.families.dcgan.model import GANConfig
-from genserve.export.core.options import RunOptions
-from genserve.export.families.vae.train import CheckpointMismatchError
+from genserve.export.families.digits.build import build_digits
+from genserve.export.families.digits.model import CNNConfig
+from genserve.export.registry import FAMILIES
 from genserve.repository import ModelRepository
 
 TINY_CNN = CNNConfig(widths=(4, 8), features=16)
@@ -126,14 +127,14 @@ def test_train_only_builders_publish_nothing(tmp_path: Path) -> None:
     """`genserve train dae` checkpoints and leaves the repository empty."""
     options = BuildOptions(repo_root=tmp_path / "repo", name="dae", checkpoint_dir=tmp_path / "ck",
                            epochs=1, limit=100, progress=False, train_only=True)
-    assert BUILDERS["dae"](options) == tmp_path / "ck"
+    assert FAMILIES["dae"].build(options) == tmp_path / "ck"
     assert (tmp_path / "ck" / "checkpoint.pt").is_file() and not (tmp_path / "repo").exists()
 
 
 def test_vae_is_judged_like_the_gans_when_a_classifier_is_published(judged: Path) -> None:
     """A conditional VAE built beside `digits` gets FD, Inception score and class accuracy too."""
-    from genserve.export.families.vae.model import VAEConfig
     from genserve.export.families.vae.build import build_vae
+    from genserve.export.families.vae.model import VAEConfig
 
     build_vae(judged, name="cvae", config=VAEConfig(latent_dim=4, hidden=(32,), num_classes=10),
               epochs=1, limit=300, progress=False)

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from genserve.export.data.faces import load_faces, load_nonfaces, split_faces
+from genserve.export.families.digits.model import CNNClassifier, CNNConfig
 from genserve.export.metrics.images import (
-    digit_generation_metrics,
     face_generation_metrics,
     frechet_distance,
     inception_score,
     psnr,
 )
-from genserve.export.families.digits.model import CNNClassifier, CNNConfig
+from genserve.export.metrics.judge import digit_generation_metrics
 
 
 def test_psnr_of_a_known_error_is_its_decibels() -> None:

@@ -10,8 +10,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from genserve.export.registry import FAMILIES
-from genserve.export.families.vae.model import VAE, VAEConfig
 from genserve.export.core.onnx_export import (
     PARITY_ATOL,
     OnnxParityError,
@@ -19,6 +17,8 @@ from genserve.export.core.onnx_export import (
     export_model,
     read_metadata,
 )
+from genserve.export.families.vae.model import VAE, VAEConfig
+from genserve.export.registry import specs
 
 
 def signature(specs: list) -> list[tuple[str, list[int], str]]:
@@ -26,7 +26,7 @@ def signature(specs: list) -> list[tuple[str, list[int], str]]:
 
 
 def export_tiny(config: VAEConfig, out_dir: Path):
-    return export_model(FAMILIES["vae"], VAE(config), out_dir)
+    return export_model(specs()["vae"], VAE(config), out_dir)
 
 
 def test_unconditional_graphs_have_the_serving_signatures(
@@ -69,7 +69,7 @@ def test_onnx_runtime_matches_pytorch_at_several_batch_sizes(
 ) -> None:
     """Decoding the same z in ONNX Runtime and PyTorch agrees within the parity tolerance."""
     model = VAE(tiny_config).eval()
-    result = export_model(FAMILIES["vae"], model, tmp_path)
+    result = export_model(specs()["vae"], model, tmp_path)
     assert all(0.0 <= diff <= PARITY_ATOL for diff in result.parity.values())
     session = ort.InferenceSession(str(result.paths["model"]), providers=["CPUExecutionProvider"])
     for batch in (1, 3, 130):
@@ -98,8 +98,8 @@ def test_parity_check_fails_when_onnx_and_torch_disagree(
 ) -> None:
     """Changing the PyTorch weights after export makes the check raise with the measured diff."""
     model = VAE(tiny_config).eval()
-    result = export_model(FAMILIES["vae"], model, tmp_path)
-    graph = FAMILIES["vae"].graphs(model)["model"]
+    result = export_model(specs()["vae"], model, tmp_path)
+    graph = specs()["vae"].graphs(model)["model"]
     with torch.no_grad():
         model.decoder.head.bias.add_(0.5)
     with pytest.raises(OnnxParityError, match=r"differs from PyTorch by 0\.\d+"):

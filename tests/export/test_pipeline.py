@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from genserve.export.families.vae.model import VAEConfig
 from genserve.export.families.vae.build import build_vae
+from genserve.export.families.vae.model import VAEConfig
 from genserve.repository import ModelRepository, sha256_file
 
 
@@ -87,8 +87,9 @@ def test_published_weights_rebuild_the_serving_module(tmp_path):
     import onnxruntime as ort
     import torch
 
+    from genserve.export.core.publishing import load_published
+    from genserve.export.families.vae.build import build_vae
     from genserve.export.families.vae.model import VAEConfig
-    from genserve.export.families.vae.build import build_vae, load_published
     from genserve.repository import ModelRepository
 
     build_vae(tmp_path, config=VAEConfig(latent_dim=4, hidden=(16,)), epochs=1, limit=200, progress=False)

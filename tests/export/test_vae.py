@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from genserve.export.registry import FAMILIES
 from genserve.export.families.vae.model import VAE, VAEConfig
-from genserve.repository import LOOPS
+from genserve.export.registry import specs
+from genserve.protocol import LOOP_NAMES
 
 
 def test_vae_is_registered_with_a_known_loop() -> None:
     """The registry maps "vae" to a latent_sampler spec that builds a VAE from its config."""
-    spec = FAMILIES["vae"]
-    assert spec.kind == "vae" and spec.loop == "latent_sampler" and spec.loop in LOOPS
+    spec = specs()["vae"]
+    assert spec.kind == "vae" and spec.loop == "latent_sampler" and spec.loop in LOOP_NAMES
     assert isinstance(spec.build(spec.config_class()), VAE)
 
 

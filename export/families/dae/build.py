@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genserve.export.core.options import BuildOptions, RunOptions
+from genserve.export.core.publishing import digit_training_record, publish_model
 from genserve.export.core.training import FitResult, fit, init_module, run_settings
-from genserve.export.metrics.images import psnr
+from genserve.export.data.mnist import digit_split
 from genserve.export.families.dae.model import DAE, DAE_SPEC, DAEConfig, add_noise
-from genserve.export.core.options import RunOptions
-from genserve.export.core.publishing import digit_split, digit_training_record, publish_model
+from genserve.export.metrics.images import psnr
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes under a minute on 2 CPU cores.
@@ -117,3 +118,8 @@ def build_dae(
         training=training, metrics=psnr_metrics(result.model, x_held, run.seed),
         grid=(denoise_grid(result.model, x_held, run.seed), 8),
     )
+
+
+def build(options: BuildOptions) -> Path:
+    """The convolutional denoising autoencoder on noisy/clean digit pairs (--data: MNIST IDX)."""
+    return build_dae(options.repo_root, **options.pipeline_kwargs())

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genserve.export.core.layers import example_images, mlp
 from genserve.export.core.spec import GraphSpec, ModelSpec
-from genserve.export.families.vae.model import mlp
+from genserve.protocol import Loop
 
 ARCHS = ("conv", "dense")
 
@@ -126,17 +127,12 @@ class DAE(nn.Module):
 
 def dae_graphs(model: nn.Module) -> dict[str, GraphSpec]:
     """Serving graph "model": image -> denoised (ONNX forbids an output named like an input)."""
-    c: DAEConfig = model.config
-
-    def inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"image": torch.rand(batch, c.channels, c.height, c.width, generator=g)}
-
-    return {"model": GraphSpec(model, inputs, ("denoised",))}
+    return {"model": GraphSpec(model, example_images(model.config), ("denoised",))}
 
 
 DAE_SPEC = ModelSpec(
     kind="dae",
-    loop="image_to_image",
+    loop=Loop.IMAGE_TO_IMAGE.value,
     config_class=DAEConfig,
     build=DAE,
     graphs=dae_graphs,

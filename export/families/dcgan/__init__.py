@@ -1,1 +1,1 @@
-"""The DCGANs: model.py, build.py (digit GANs and the face GAN)."""
+"""The DCGANs: model.py, build.py (digit GANs, class mixture or conditional), faces.py (face GAN)."""

@@ -1,9 +1,9 @@
-"""Build the DCGANs: digits (optionally class-conditional) and faces.
+"""Build the digit DCGANs, class mixture or class-conditional (faces.py trains the face one alike).
 
-`build_gan` is what `genserve export gan [--conditional]` runs, `build_faces` what
-`genserve export faces` runs. Both train adversarially (models/dcgan.py says how training is
+`build_gan` is what `genserve export gan [--conditional]` runs, `faces.build_faces` what
+`genserve export faces` runs. Both train adversarially (model.py says how training is
 kept stable), re-estimate the generator's batch-norm statistics, measure the samples
-(metrics.py) and publish the generator as a latent_sampler.
+(metrics/) and publish the generator as a latent_sampler.
 
 The digit metrics need the digit classifier: the latest published `digits` model is the judge;
 when the repository has none, `build_gan` builds it first (the same builder as
@@ -28,32 +28,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from genserve.export.data.faces import describe_faces, load_faces, load_nonfaces, split_faces
+from genserve.export.core.options import BuildOptions, RunOptions
+from genserve.export.core.publishing import digit_training_record, publish_model
 from genserve.export.core.training import FitResult, fit, init_module, run_settings
-from genserve.export.metrics.images import digit_generation_metrics, face_generation_metrics
+from genserve.export.data.mnist import digit_split
 from genserve.export.families.dcgan.model import DCGAN_SPEC, GAN, GANConfig, class_of
-from genserve.export.core.options import RunOptions
-from genserve.export.core.publishing import (
-    digit_split,
-    digit_training_record,
-    load_latest,
-    publish_model,
-    training_record,
-)
+from genserve.export.metrics.judge import JUDGE, digit_generation_metrics, latest_judge
 from genserve.repository import ImageSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DIGIT_EPOCHS = 24  # 1,680 steps: the conditional GAN reached IS 9.2 (8.3 after 12 epochs)
-DEFAULT_FACE_EPOCHS = 300  # 160 images (80 faces and their mirror images): 5 steps an epoch
 DEFAULT_BATCH_SIZE = 64
-FACE_BATCH_SIZE = 32
 LR = 1e-3  # for G and D; 2e-4 (the DCGAN paper's) learned 2-3x slower per step here
 BETAS = (0.5, 0.999)  # the DCGAN paper's Adam: a short momentum memory keeps the game stable
-FACE_HELDOUT_FRACTION = 0.2  # of LFW's 100 faces, 20 are never trained on
 METRIC_SAMPLES = 2000  # generated images the metrics compare with the real ones
 RECALIBRATE_BATCHES = 40  # batches of 250 z's to re-estimate batch-norm statistics
-JUDGE = "digits"  # the repository model whose features judge the digit generators
 # The default digit GAN serves z alone but is a class mixture: G is class-conditional and reads
 # the class from z[:, 0], so every digit is drawn equally often. A G that never sees a label
 # (GANConfig(aux_classes=10)) reached Inception score ~6.4 in the same budget, ~8.9 this way.
@@ -63,9 +53,6 @@ MIXTURE_DESCRIPTION = (
     "[0, 1]; the class is read from z[0] (each class 1/10), G was trained class-conditionally"
 )
 CONDITIONAL_DIGIT_GAN = GANConfig(num_classes=10, aux_classes=10)
-# LFW's 25x25 faces, no labels; a longer weight average (~1,000 of its 1,500 steps) smooths the
-# mottled skin a 160-image GAN draws (eigenface FD 4.1 -> 3.2, real-vs-real 3.1).
-FACE_GAN = GANConfig(height=25, width=25, average_decay=0.999)
 
 
 def train_gan(
@@ -209,54 +196,19 @@ def build_gan(
 def judge_for(repo_root: Path, run: RunOptions) -> tuple[nn.Module, str]:
     """The digit classifier of the repository (building it when absent, on the same digits)
     and its reference."""
-    found = load_latest(repo_root, JUDGE)
+    found = latest_judge(repo_root)
     if found is None:
         from genserve.export.families.digits.build import build_digits
 
         log.warning("no %r classifier in %s to judge the digits; building it first",
                     JUDGE, repo_root)
         build_digits(repo_root, name=JUDGE, run=replace(run, checkpoint_dir=None, train_only=False))
-        found = load_latest(repo_root, JUDGE)
-    classifier, manifest = found
-    return classifier, manifest.ref
+        found = latest_judge(repo_root)
+    return found
 
 
-def build_faces(
-    repo_root: Path,
-    *,
-    name: str = "faces",
-    config: GANConfig | None = None,
-    epochs: int = DEFAULT_FACE_EPOCHS,
-    batch_size: int = FACE_BATCH_SIZE,
-    run: RunOptions = RunOptions(),
-    metric_samples: int = METRIC_SAMPLES,
-) -> Path:
-    """The face DCGAN on LFW (or a folder of faces): train on the training faces and their
-    mirror images (resuming); unless train_only, measure, export and publish."""
-    config = config or FACE_GAN
-    seed, data_path = run.seed, run.data_path
-    faces = load_faces(data_path, size=(config.height, config.width), limit=run.limit)
-    train_idx, held_idx = split_faces(len(faces), FACE_HELDOUT_FRACTION, seed)
-    x_train, x_held = faces[train_idx], faces[held_idx]
-    mirrored = np.concatenate([x_train, x_train[..., ::-1]])  # a mirrored face is still a face
-    result = train_gan(config, mirrored, None, epochs=epochs, batch_size=batch_size, seed=seed,
-                       checkpoint_dir=run.checkpoint_dir, progress=run.progress, desc=f"train {name}")
-    if run.train_only:
-        return run.trained(repo_root)
-    samples = draw(result.model, metric_samples, seed)[0].numpy()
-    lfw = data_path is None and (config.height, config.width) == (25, 25)
-    nonfaces = load_nonfaces() if lfw else None  # LFW's non-faces only go with LFW's faces
-    metrics = face_generation_metrics(samples, x_train, x_held, nonfaces)
-    training = training_record(
-        describe_faces(data_path), len(x_train), len(x_held),
-        f"random {FACE_HELDOUT_FRACTION:.0%}, seed {seed}", result,
-        augmentation="horizontal mirror images", batch_size=batch_size, lr=LR,
-        optimizer=f"Adam, betas {BETAS}", seed=seed,
-        stabilisation=stabilisation(config), metric_samples=metric_samples,
-    )
-    return publish_model(
-        repo_root, name, DCGAN_SPEC, result.model,
-        image=ImageSpec(channels=config.channels, height=config.height, width=config.width),
-        latent_dim=config.latent_dim, training=training, metrics=metrics,
-        grid=(draw(result.model, 64, seed + 1)[0], 8),
-    )
+def build(options: BuildOptions) -> Path:
+    """The digit DCGAN, class-conditional with --conditional; judged by the `digits` model."""
+    config = CONDITIONAL_DIGIT_GAN if options.conditional else DIGIT_GAN
+    return build_gan(options.repo_root, config=config, **options.pipeline_kwargs())
+

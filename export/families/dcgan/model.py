@@ -6,7 +6,7 @@ decoder's signature, so the worker's latent_sampler loop serves it unchanged. Th
 discriminator only trains.
 
 Stability and speed, chosen by measuring on MNIST and LFW with CPU budgets of a minute or two
-(the alternatives tried are listed in export/gan.py):
+(the alternatives tried are listed in build.py):
 - spectral normalisation on every discriminator layer (Miyato et al. 2018): it bounds D's
   Lipschitz constant, so D cannot win outright and G's gradient never vanishes;
 - one-sided label smoothing (real target 0.9, Salimans et al. 2016) on the non-saturating loss;
@@ -22,7 +22,7 @@ Stability and speed, chosen by measuring on MNIST and LFW with CPU budgets of a 
 The conditional model feeds a one-hot label to G and uses a projection discriminator
 (Miyato & Koyama 2018): D(x, y) = w.h(x) + embed(y).h(x). With `label_from_latent` the same
 model serves z alone: G reads its class from z[:, 0] (`class_of`), a mixture of the classes in
-equal parts; the default digit GAN is one (export/gan.py says why).
+equal parts; the default digit GAN is one (build.py says why).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from genserve.export.core.layers import example_label, with_label
 from genserve.export.core.spec import GraphSpec, ModelSpec
-from genserve.export.families.vae.model import example_label, with_label
+from genserve.protocol import Loop
 
 
 @dataclass
@@ -206,7 +207,7 @@ def gan_graphs(model: nn.Module) -> dict[str, GraphSpec]:
 
 DCGAN_SPEC = ModelSpec(
     kind="dcgan",
-    loop="latent_sampler",
+    loop=Loop.LATENT_SAMPLER.value,
     config_class=GANConfig,
     build=GAN,
     graphs=gan_graphs,

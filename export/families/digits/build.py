@@ -1,7 +1,7 @@
 """Build the digit classifier: digits -> train (with small random shifts) -> accuracy -> publish.
 
 `build_digits` is what `genserve export digits` runs. Besides serving Classify, the published
-classifier is the judge of the digit generators' metrics (metrics.py), so its held-out
+classifier is the judge of the digit generators' metrics (metrics/judge.py), so its held-out
 accuracy and the Inception score of real held-out digits are written on its card: they are
 the ceiling the generators are compared with.
 """
@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genserve.export.core.options import BuildOptions, RunOptions
+from genserve.export.core.publishing import digit_training_record, publish_model
 from genserve.export.core.training import FitResult, fit, init_module, run_settings
-from genserve.export.metrics.images import inception_score, judge
+from genserve.export.data.mnist import digit_split
 from genserve.export.families.digits.model import CNN_SPEC, CNNClassifier, CNNConfig
-from genserve.export.core.options import RunOptions
-from genserve.export.core.publishing import digit_split, digit_training_record, publish_model
+from genserve.export.metrics.images import inception_score
+from genserve.export.metrics.judge import judge
 from genserve.repository import ImageSpec
 
 # Defaults: the full build (4,500 training digits) takes about 15 s on 2 idle CPU cores.
@@ -114,3 +116,8 @@ def build_digits(
         labels=[str(k) for k in range(config.num_classes)], training=training,
         metrics=heldout_metrics(result.model, x_held, y_held),
     )
+
+
+def build(options: BuildOptions) -> Path:
+    """The small CNN digit classifier; also the judge of the digit generators' metrics."""
+    return build_digits(options.repo_root, **options.pipeline_kwargs())

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genserve.export.core.layers import example_images
 from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.protocol import Loop
 
 
 @dataclass
@@ -57,17 +59,12 @@ class CNNClassifier(nn.Module):
 
 def cnn_graphs(model: nn.Module) -> dict[str, GraphSpec]:
     """Serving graph "model": image -> logits (softmax happens in the worker)."""
-    c: CNNConfig = model.config
-
-    def inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"image": torch.rand(batch, c.channels, c.height, c.width, generator=g)}
-
-    return {"model": GraphSpec(model, inputs, ("logits",))}
+    return {"model": GraphSpec(model, example_images(model.config), ("logits",))}
 
 
 CNN_SPEC = ModelSpec(
     kind="cnn_classifier",
-    loop="image_classifier",
+    loop=Loop.IMAGE_CLASSIFIER.value,
     config_class=CNNConfig,
     build=CNNClassifier,
     graphs=cnn_graphs,

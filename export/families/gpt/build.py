@@ -1,13 +1,12 @@
 """Build a GPT version end to end: corpus -> split -> tokenizer -> train -> evaluate -> export.
 
-`build_gpt` is what `genserve export gpt` runs; `gpt_hf.import_gpt2` publishes a user's Hugging Face
-GPT2LMHeadModel through `publish_gpt`, the same export, parity check and manifest. The
+`build_gpt` is what `genserve export gpt` runs (train.py trains); `hf.import_gpt2` publishes a
+user's Hugging Face GPT2LMHeadModel through `publish_gpt`, the same export, parity check and
+manifest. The
 default model (4 layers, 128 wide, 512-token context, 0.99M parameters) trains for
 DEFAULT_STEPS steps of 4 x 512 tokens (about 6 passes over the 137k training tokens) and,
 with evaluation and export, fits in 5 minutes on 2 CPU cores.
 
-Training is seeded and resumable: the windows of step s and its dropout noise come from
-(seed, s), so a run stopped at a checkpoint and resumed ends with the same weights.
 Held-out metrics are computed the way ScoreText computes them (`score_windows`): per held-out
 document, every token after the first, in windows of the context length that overlap by half,
 summed over documents: nats per token and bits per UTF-8 byte.
@@ -15,11 +14,10 @@ summed over documents: nats per token and bits per UTF-8 byte.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +25,32 @@ import numpy as np
 import tokenizers
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from genserve.export.core.options import BuildOptions, RunOptions
+from genserve.export.core.publishing import TOKENIZER, WEIGHTS, publish_version, save_weights
+from genserve.export.data.prose import (
+    EOS,
+    Document,
+    describe_corpus,
+    encode_stream,
+    load_corpus,
+    split_documents,
+    train_tokenizer,
+)
 from genserve.export.families.gpt.export import export_gpt
 from genserve.export.families.gpt.model import GPT, GPT_SPEC, GPTConfig
-from genserve.export.core.onnx_export import ExportResult
-from genserve.export.core.options import RunOptions
-from genserve.export.families.vae.build import save_weights, tool_versions
-from genserve.export.data.prose import (
-    EOS, Document, describe_corpus, encode_stream, load_corpus, split_documents, train_tokenizer,
+from genserve.export.families.gpt.train import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    WEIGHT_DECAY,
+    train_gpt,
 )
-from genserve.export.families.vae.train import CheckpointMismatchError, epoch_generator
-from genserve.repository import Manifest, OnnxFile, ServingHints, next_version, publish, sha256_file
+from genserve.repository import ServingHints, sha256_file
 from genserve.scoring import score_windows
 
-DEFAULT_STEPS = 400
-DEFAULT_BATCH_SIZE = 4  # windows of block_size tokens per step: 2,048 tokens
-DEFAULT_LR = 3e-3  # peak; linear warm-up over WARMUP_FRACTION, cosine decay to 10%
-WARMUP_FRACTION = 0.05
-WEIGHT_DECAY = 0.1
-CHECKPOINT_EVERY = 50  # steps between checkpoints
 HELDOUT_FRACTION = 0.1
-TOKENIZER = "tokenizer.json"
 SAMPLES = "samples.txt"
-WEIGHTS = "weights.pt"
 SAMPLE_PROMPTS = ("The ", "A list comprehension", "If the")
 # Concurrent sequences in one decode step: the default 1M-parameter model's step costs about
 # 2x at 8 rows and 4x at 16 rows what it costs at one (160 cached tokens, one thread).
@@ -68,14 +68,6 @@ def serving_hints(config: GPTConfig) -> ServingHints:
     return SERVING.model_copy(update={"intra_op_threads": threads})
 
 
-@dataclass
-class TrainResult:
-    model: GPT
-    history: list[float] = field(default_factory=list)  # train loss (nats/token) per step
-    resumed_from: int = 0  # steps already done when this call started
-    seconds: float = 0.0
-
-
 @dataclass(frozen=True)
 class TextScore:
     nats: float  # summed negative log-likelihood
@@ -89,102 +81,6 @@ class TextScore:
             "heldout_tokens": float(self.tokens),
             "heldout_bytes": float(self.bytes),
         }
-
-
-def learning_rate(step: int, steps: int, peak: float) -> float:
-    warmup = max(1, int(WARMUP_FRACTION * steps))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batch_windows(stream: torch.Tensor, block: int, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` random windows: inputs (B, T) and the next tokens (B, T)."""
-    block = min(block, len(stream) - 1)
-    starts = torch.randint(len(stream) - block, (batch,), generator=g)
-    x = torch.stack([stream[s : s + block] for s in starts.tolist()])  # (B, T)
-    y = torch.stack([stream[s + 1 : s + 1 + block] for s in starts.tolist()])  # (B, T)
-    return x, y
-
-
-def train_gpt(
-    config: GPTConfig,
-    stream: np.ndarray,
-    *,
-    steps: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    lr: float = DEFAULT_LR,
-    seed: int = 0,
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """AdamW on random windows of the token stream; resumes from checkpoint_dir if it has one."""
-    started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GPT(config)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.99),
-    )
-    data = torch.from_numpy(stream)
-    settings = {"config": asdict(config), "data_sha256": _digest(stream), "steps": steps,
-                "batch_size": batch_size, "lr": lr, "seed": seed}
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
-    done, history = 0, []
-    if path is not None and path.is_file():
-        done, history = _load_checkpoint(path, settings, model, optimizer)
-    model.train()
-    bar = tqdm(total=steps, initial=min(done, steps), desc="train gpt", disable=not progress)
-    for step in range(done, steps):
-        g = epoch_generator(seed, step)
-        x, y = batch_windows(data, config.block_size, batch_size, g)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, lr)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout noise of this step
-            loss = model.loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        history.append(loss.item())
-        if path is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps):
-            _save_checkpoint(path, settings, model, optimizer, step + 1, history)
-        bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
-        bar.update(1)
-    bar.close()
-    model.eval()
-    return TrainResult(model, history, done, time.perf_counter() - started)
-
-
-def _digest(stream: np.ndarray) -> str:
-    return hashlib.sha256(stream.tobytes()).hexdigest()
-
-
-def _load_checkpoint(path: Path, settings: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    differ = [key for key in settings if state.get(key) != settings[key]]
-    if differ:
-        raise CheckpointMismatchError(
-            f"{path} belongs to another run ({', '.join(differ)} differ); "
-            "use another checkpoint directory or delete the checkpoint"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["step"], list(state["history"])
-
-
-def _save_checkpoint(path: Path, settings: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer,
-                     step: int, history: list[float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({**settings, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "history": history}, tmp)
-    tmp.replace(path)
 
 
 @torch.no_grad()
@@ -317,48 +213,25 @@ def publish_gpt(
         exported = export_gpt(model, Path(tmp))
         tokenizer_path = Path(tmp) / TOKENIZER
         tokenizer.save(str(tokenizer_path))
-        weights = save_weights(GPT_SPEC, model.config, model, Path(tmp) / WEIGHTS)
+        weights = save_weights(GPT_SPEC, model, Path(tmp) / WEIGHTS)
         extra = {TOKENIZER: tokenizer_path, WEIGHTS: weights}
         if samples:
             (Path(tmp) / SAMPLES).write_text(samples)
             extra[SAMPLES] = Path(tmp) / SAMPLES
-        version = next_version(Path(repo_root), name)
-        manifest = gpt_manifest(name, version, model.config, exported, eos_token_id, tokenizer_path,
-                                metrics, training, description)
-        return publish(repo_root, manifest, exported.paths, extra)
-
-
-def gpt_manifest(
-    name: str,
-    version: str,
-    config: GPTConfig,
-    exported: ExportResult,
-    eos_token_id: int,
-    tokenizer_path: Path,
-    metrics: dict[str, float],
-    training: dict[str, Any],
-    description: str,
-) -> Manifest:
-    """The manifest of one GPT version: the tokenizer file and its end-of-text id ride in preprocess."""
-    files = {"model": OnnxFile(path="", sha256="", inputs=exported.inputs["model"], outputs=exported.outputs["model"])}
-    return Manifest(
-        name=name,
-        version=version,
-        kind=GPT_SPEC.kind,
-        loop=GPT_SPEC.loop,
-        description=description,
-        files=files,
-        config=asdict(config),
-        preprocess={
+        preprocess = {  # the tokenizer file and its end-of-text id
             "tokenizer": TOKENIZER,
             "tokenizer_sha256": sha256_file(tokenizer_path),
             "tokenizer_type": "byte-level BPE (tokenizers)",
             "eos_token_id": eos_token_id,  # stops generation; also the start token of an empty prompt
-            "context": config.block_size,
-        },
-        training=training,
-        metrics=metrics,
-        parity=exported.parity,
-        serving=serving_hints(config),
-        tools={**tool_versions(), "tokenizers": tokenizers.__version__},
-    )
+            "context": model.config.block_size,
+        }
+        return publish_version(
+            repo_root, name, GPT_SPEC, model, exported.paths, extra, parity=exported.parity,
+            description=description, tools={"tokenizers": tokenizers.__version__}, preprocess=preprocess,
+            training=training, metrics=metrics, serving=serving_hints(model.config),
+        )
+
+
+def build(options: BuildOptions) -> Path:
+    """The GPT on the pydoc prose (or --data text files); --epochs counts passes over the tokens."""
+    return build_gpt(options.repo_root, name=options.name, epochs=options.epochs, run=options.run)

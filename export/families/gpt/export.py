@@ -32,8 +32,21 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from genserve.export.families.gpt.model import GPT, GPT_SPEC, GPTConfig, GPTWithCache, cache_names, empty_past
-from genserve.export.core.onnx_export import OPSET, ExportResult, OnnxParityError, graph_signature, onnx_metadata
+from genserve.export.core.onnx_export import (
+    OPSET,
+    ExportResult,
+    OnnxParityError,
+    graph_signature,
+    onnx_metadata,
+)
+from genserve.export.families.gpt.model import (
+    GPT,
+    GPT_SPEC,
+    GPTConfig,
+    GPTWithCache,
+    cache_names,
+    empty_past,
+)
 
 PARITY_ATOL = 1e-3  # max abs difference allowed on logits and cache (module docstring)
 DECODE_STEPS = 8  # decode steps checked after the prefill

@@ -4,7 +4,8 @@
 
 The directory is what `save_pretrained` writes: `config.json`, the weights
 (`model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin`) and
-the tokenizer (`tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`). Nothing is
+the tokenizer (`tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`); core/hf_weights.py
+reads the config and weights. Nothing is
 downloaded and `transformers` is not needed: GPT-2's architecture is exactly
 `genserve.export.families.gpt.model.GPT` (pre-LN blocks, learned positions, tanh-GELU, tied head), so
 the weights map name for name, Conv1D matrices transposed. Configurations that are not plain
@@ -23,17 +24,17 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from genserve.export.core.hf_weights import (
+    UnsupportedCheckpointError,
+    read_hf_config,
+    read_hf_weights,
+)
+from genserve.export.data.prose import load_corpus, split_documents
 from genserve.export.families.gpt.build import HELDOUT_FRACTION, heldout_score, publish_gpt
 from genserve.export.families.gpt.model import GPT, GPTConfig
-from genserve.export.data.prose import load_corpus, split_documents
 
 IMPORT_EVAL_TOKENS = 8192  # held-out tokens scored at import: enough for 2 digits, quick for GPT-2 small
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-class UnsupportedCheckpointError(ValueError):
-    """The directory does not hold a plain GPT-2 language model this path can serve."""
 
 
 def gpt_config(hf: dict[str, Any]) -> GPTConfig:
@@ -55,39 +56,6 @@ def gpt_config(hf: dict[str, Any]) -> GPTConfig:
         n_embd=hf["n_embd"], n_inner=hf.get("n_inner") or 0, dropout=0.0,
         layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True,
     )
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of one .safetensors file (8-byte header size, JSON header, raw data)."""
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    body = memoryview(data)[8 + size :]
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise UnsupportedCheckpointError(f"{path.name}: tensor {name} has dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        flat = torch.frombuffer(bytearray(body[start:end]), dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        tensors[name] = flat.reshape(info["shape"]).float()
-    return tensors
-
-
-def read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    if (hf_dir / "model.safetensors").is_file():
-        return read_safetensors(hf_dir / "model.safetensors")
-    index = hf_dir / "model.safetensors.index.json"
-    if index.is_file():
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            tensors.update(read_safetensors(hf_dir / shard))
-        return tensors
-    if (hf_dir / "pytorch_model.bin").is_file():
-        state = torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return {k: v.float() for k, v in state.items()}
-    raise FileNotFoundError(f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in {hf_dir}")
 
 
 def gpt_state_dict(hf_weights: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -120,10 +88,10 @@ def load_tokenizer(hf_dir: Path, eos_token: str) -> Tokenizer:
 def import_gpt2(hf_dir: Path, repo_root: Path, name: str, *, eval_tokens: int = IMPORT_EVAL_TOKENS) -> Path:
     """Publish a local GPT2LMHeadModel checkpoint as the next version of `name`; its directory."""
     hf_dir = Path(hf_dir)
-    hf = json.loads((hf_dir / "config.json").read_text())
+    hf = read_hf_config(hf_dir)
     config = gpt_config(hf)
     model = GPT(config)
-    missing, unexpected = model.load_state_dict(gpt_state_dict(read_weights(hf_dir), config), strict=False)
+    missing, unexpected = model.load_state_dict(gpt_state_dict(read_hf_weights(hf_dir), config), strict=False)
     if missing or unexpected:
         raise UnsupportedCheckpointError(f"weights do not match GPT-2: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval()

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.protocol import Loop
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values, (B, H, P, D) each
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 1024  # byte-level BPE trained on the corpus (export/text_corpus.py); 2048 measured worse
+    vocab_size: int = 1024  # byte-level BPE trained on the corpus (export/data/prose.py); 2048 measured worse
     block_size: int = 512  # context length: prompt + generated tokens
     n_layer: int = 4
     n_head: int = 4
@@ -287,7 +288,7 @@ def gpt_graphs(model: nn.Module) -> dict[str, GraphSpec]:
 
 GPT_SPEC = ModelSpec(
     kind="gpt",
-    loop="autoregressive",
+    loop=Loop.AUTOREGRESSIVE.value,
     config_class=GPTConfig,
     build=GPT,
     graphs=gpt_graphs,

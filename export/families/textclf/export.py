@@ -7,7 +7,8 @@ sizes. The int8 graph is ONNX Runtime's dynamic quantisation of the fp32 one: we
 MatMul/Gather stored as int8 (a scale per output channel), activations quantised per call,
 no calibration data needed.
 Both graphs are scored on the held-out texts through the worker's own tokenisation and
-padding (genserve.workers.text), so the numbers are what the service answers.
+padding (genserve.tokenization) in a session with the worker's CPU options, so the numbers are
+what the service answers.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
+from genserve.export.core.onnx_export import (
+    OPSET,
+    PARITY_ATOL,
+    OnnxParityError,
+    declare_output_shapes,
+    onnx_metadata,
+)
 from genserve.export.core.spec import ModelSpec
 from genserve.export.families.textclf.model import TextClassifier, example_texts
-from genserve.export.core.onnx_export import (OPSET, PARITY_ATOL, OnnxParityError, declare_output_shapes,
-                                         onnx_metadata)
 from genserve.export.families.textclf.train import predict_torch
-from genserve.settings import WorkerSettings
-from genserve.workers.runtime import OnnxModel
 from genserve.tokenization import pad_batch
 
 INPUTS = ("input_ids", "attention_mask")
@@ -89,12 +94,31 @@ def quantize_int8(spec: ModelSpec, model: TextClassifier, fp32: Path, path: Path
     return path
 
 
-def session(path: Path, threads: int = 1) -> OnnxModel:
-    """The graph as a worker loads it (CPU), with `threads` intra-op threads."""
-    return OnnxModel.load(str(path), WorkerSettings(execution_provider="cpu", intra_op_threads=threads))
+class ScoringSession:
+    """An ONNX Runtime session on the CPU with a worker's options (export never imports workers)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
-def predict_onnx(model: OnnxModel, rows: list[np.ndarray], pad_id: int = 0,
+def session(path: Path, threads: int = 1) -> ScoringSession:
+    """The graph as a worker loads it on the CPU (all graph optimisations, sequential execution,
+    no spinning, one inter-op thread), with `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ScoringSession(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+
+
+def predict_onnx(model: ScoringSession, rows: list[np.ndarray], pad_id: int = 0,
                  batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Logits (N, labels) in input order; batches of similar length, as the benchmark runs them."""
     order = np.argsort([len(r) for r in rows], kind="stable")
@@ -107,7 +131,7 @@ def predict_onnx(model: OnnxModel, rows: list[np.ndarray], pad_id: int = 0,
     return logits
 
 
-def predict_all(model: TextClassifier, graphs: dict[str, OnnxModel], rows: list[np.ndarray],
+def predict_all(model: TextClassifier, graphs: dict[str, ScoringSession], rows: list[np.ndarray],
                 pad_id: int = 0) -> dict[str, np.ndarray]:
     """Logits of PyTorch ("pytorch") and of each graph on the same padded batches: one pass each
     serves both the parity check and the scores (the post-training phase is mostly these passes)."""

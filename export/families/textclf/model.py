@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.protocol import Loop
 
 
 @dataclass
@@ -205,7 +206,7 @@ def text_classifier_graphs(model: nn.Module) -> dict[str, GraphSpec]:
 
 TEXT_CLASSIFIER_SPEC = ModelSpec(
     kind="text_classifier",
-    loop="text_classifier",
+    loop=Loop.TEXT_CLASSIFIER.value,
     config_class=TextClassifierConfig,
     build=TextClassifier,
     graphs=text_classifier_graphs,

@@ -1,13 +1,13 @@
 """Fine-tuning a text classifier: batches of similar length, AdamW with warmup, checkpoints.
 
-Texts are tokenised once with the serving tokenizer (genserve.workers.text), truncated at
+Texts are tokenised once with the serving tokenizer (genserve.tokenization), truncated at
 `max_length` for training. The frozen embeddings and first blocks run once per text, without
 dropout, and their output is cached: each step then runs only the trainable blocks. Batches
 group texts of similar length (shuffle, sort within windows of WINDOW_BATCHES batches, shuffle
 the batches) so little compute goes to padding, which on a CPU is most of the cost. The learning rate warms up linearly over the first
 WARMUP of the steps and decays linearly to zero; it is a function of the step alone, so a run
 resumed from its per-epoch checkpoint continues exactly where it stopped (batch order and
-dropout are drawn from (seed, epoch) as in the VAE trainer). `genserve train textclf` then
+dropout are drawn from (seed, epoch) as in core/training.py). `genserve train textclf` then
 `genserve export textclf` fine-tunes once: the export finds the finished checkpoint.
 """
 
@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from genserve.export.core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from genserve.export.core.training import epoch_generator
 from genserve.export.families.textclf.model import TextClassifier
-from genserve.export.families.vae.train import epoch_generator, load_checkpoint, save_checkpoint
 from genserve.tokenization import TextEncoder, pad_batch
 
-CHECKPOINT = "checkpoint.pt"
 WARMUP = 0.1  # fraction of the steps with a rising learning rate
 WINDOW_BATCHES = 16  # length grouping happens within windows of this many batches
 WEIGHT_DECAY = 0.01
@@ -121,10 +121,8 @@ def finetune(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=settings.lr, weight_decay=WEIGHT_DECAY)
     run = run_settings(model, rows, labels, settings, start_sha256)
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
-    done, history = 0, []
-    if path is not None and path.is_file():
-        done, history = load_checkpoint(path, run, model, optimizer)
+    path = checkpoint_path(checkpoint_dir)
+    done, history = load_checkpoint(path, run, model, {"adamw": optimizer})
     inputs = frozen_features(model, rows, settings.freeze_layers) if done < settings.epochs else []
     steps_per_epoch = -(-len(rows) // settings.batch_size)
     total = settings.epochs * steps_per_epoch
@@ -139,7 +137,7 @@ def finetune(
             loss_sum = run_epoch(model, optimizer, inputs, y, batches, epoch * steps_per_epoch, total, settings, bar)
         history.append(loss_sum / len(rows))
         if path is not None:
-            save_checkpoint(path, run, model, optimizer, epoch + 1, history)
+            save_checkpoint(path, run, model, {"adamw": optimizer}, epoch + 1, history)
     bar.close()
     model.requires_grad_(True)
     model.eval()

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genserve.export.core.layers import example_label, mlp, with_label
 from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.protocol import Loop
 
 
 @dataclass
@@ -31,23 +33,6 @@ class VAEConfig:
     @property
     def pixels(self) -> int:
         return self.channels * self.height * self.width
-
-
-def with_label(x: torch.Tensor, label: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    """Append a one-hot label to a batch of vectors when the model is class-conditional."""
-    if num_classes == 0:
-        return x
-    if label is None:
-        raise ValueError(f"this model is class-conditional ({num_classes} classes): pass label")
-    return torch.cat([x, F.one_hot(label, num_classes).to(x.dtype)], dim=1)  # (B, F + K)
-
-
-def mlp(widths: list[int]) -> nn.Sequential:
-    """Linear + ReLU between consecutive widths."""
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
@@ -135,15 +120,6 @@ class VAE(nn.Module):
         return self.decoder(z, label)
 
 
-def example_label(
-    config: VAEConfig, batch: int, generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    """{"label": (B,) int64} for a conditional model, {} otherwise."""
-    if config.num_classes == 0:
-        return {}
-    return {"label": torch.randint(config.num_classes, (batch,), generator=generator)}
-
-
 def vae_graphs(model: nn.Module) -> dict[str, GraphSpec]:
     """Serving graph "model" (the decoder) and "encoder", with random example inputs."""
     c: VAEConfig = model.config
@@ -163,7 +139,7 @@ def vae_graphs(model: nn.Module) -> dict[str, GraphSpec]:
 
 VAE_SPEC = ModelSpec(
     kind="vae",
-    loop="latent_sampler",
+    loop=Loop.LATENT_SAMPLER.value,
     config_class=VAEConfig,
     build=VAE,
     graphs=vae_graphs,
