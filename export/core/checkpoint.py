@@ -38,6 +38,9 @@ def load_checkpoint(
     if path is None or not path.is_file():
         return 0, []
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if "done" not in state or "optimizers" not in state:
+        raise CheckpointMismatchError(f"{path} was written by an older genserve (another checkpoint "
+                                      "format); use another checkpoint_dir or delete the checkpoint")
     differ = [key for key in settings if state.get(key) != settings[key]]
     if differ:
         changes = "; ".join(f"{k}: saved {state.get(k)}, now {settings[k]}" for k in differ)
