@@ -58,7 +58,7 @@ def torch_eager(repository: ModelRepository, manifest: Manifest, threads: int, d
     try:
         import torch
 
-        from genserve.export.pipeline import load_published
+        from genserve.export.core.publishing import load_published
     except ImportError:
         return []
     torch.set_num_threads(threads)

@@ -81,7 +81,7 @@ def torch_greedy(repository: ModelRepository, loaded: LoadedModel, ids: list[int
     try:
         import torch
 
-        from genserve.export.pipeline import load_published
+        from genserve.export.core.publishing import load_published
     except ImportError:
         return None
     torch.set_num_threads(threads)
@@ -150,7 +150,7 @@ def user_sized_gpt(root: Path, tokenizer_dir: Path) -> str:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from genserve.export.gpt_hf import import_gpt2
+    from genserve.export.families.gpt.hf import import_gpt2
 
     progress(f"building {USER_SIZED} (random weights) through the Hugging Face import")
     with tempfile.TemporaryDirectory() as tmp:

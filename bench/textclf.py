@@ -36,9 +36,9 @@ def systems(repository: ModelRepository, ref: str, threads: int) -> tuple[dict[s
     """name -> run(rows), and the tokenizer's pad id."""
     import torch
 
-    from genserve.export.pipeline import load_published
-    from genserve.export.textclf_export import session
-    from genserve.export.textclf_train import to_tensors
+    from genserve.export.core.publishing import load_published
+    from genserve.export.families.textclf.export import session
+    from genserve.export.families.textclf.train import to_tensors
     from genserve.tokenization import pad_batch
 
     torch.set_num_threads(threads)
@@ -82,8 +82,8 @@ def measure(run: Run, rows: list[np.ndarray], calls: list[list[int]], grouped: b
 
 def heldout(repository: ModelRepository, ref: str, data: Path | None) -> tuple[list[str], np.ndarray]:
     """The held-out texts and labels of the build (same data, seed and split)."""
-    from genserve.export.text_data import load_texts
-    from genserve.export.textclf_pipeline import split
+    from genserve.export.data.labelled_texts import load_texts
+    from genserve.export.families.textclf.build import split
 
     manifest = repository.resolve(ref)
     _, _, (texts, labels) = split(load_texts(data), int(manifest.training.get("seed", 0)), None)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N held-out texts")
     args = parser.parse_args(argv)
 
-    from genserve.export.textclf_export import classification_metrics
+    from genserve.export.families.textclf.export import classification_metrics
     from genserve.tokenization import TextEncoder
 
     repository = ModelRepository(args.repository)

@@ -66,12 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", choices=["auto", "solo", "prefork", "threads"],
                         help="Celery pool; auto: threads when serving a text generator (GENSERVE_WORKER__POOL)")
 
+    from genserve.export.registry import FAMILIES, help_text  # the family table only: no torch
+
     for name, text in (("train", "train a model (resumes from its checkpoint)"),
                        ("export", "train if needed, export to ONNX, publish to the repository")):
-        build = sub.add_parser(name, help=text)
+        build = sub.add_parser(name, help=text, description=text, epilog=help_text(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(build)
-        build.add_argument("family", help="model family, e.g. vae")
-        build.add_argument("--name", help="model name in the repository (default: the family, cvae when conditional)")
+        build.add_argument("family", help=f"model family: {', '.join(FAMILIES)}")
+        build.add_argument("--name", help="model name in the repository (default: the family; with "
+                                          "--conditional its variant's, e.g. cvae, cgan)")
         build.add_argument("--epochs", type=int, help="training epochs")
         build.add_argument("--data", type=Path, help="your own data set (for vae: a directory with MNIST IDX files)")
         build.add_argument("--limit", type=int, help="use only the first N digits")
@@ -224,18 +228,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     """`train`: train and checkpoint; `export`: train (resuming), evaluate, export, publish."""
-    from genserve.export.builders import BUILDERS, CONDITIONAL_NAMES, BuildOptions
+    from genserve.export.core.options import BuildOptions
+    from genserve.export.registry import FAMILIES, default_name
 
-    if args.family not in BUILDERS:
-        print(f"unknown model family {args.family!r}; families: {', '.join(sorted(BUILDERS))}", file=sys.stderr)
+    if args.family not in FAMILIES:
+        print(f"unknown model family {args.family!r}; families: {', '.join(sorted(FAMILIES))}", file=sys.stderr)
         return 2
-    name = args.name or (CONDITIONAL_NAMES.get(args.family, f"c{args.family}") if args.conditional else args.family)
+    name = args.name or default_name(args.family, args.conditional)
     options = BuildOptions(
         repo_root=settings.model_repository, name=name, checkpoint_dir=args.checkpoints / name,
         epochs=args.epochs, seed=args.seed, data_path=args.data, limit=args.limit,
         conditional=args.conditional, train_only=args.command == "train",
     )
-    path = BUILDERS[args.family](options)
+    path = FAMILIES[args.family].build(options)
     print(f"{'checkpoint in' if options.train_only else 'published'} {path}")
     return 0
 
@@ -291,7 +296,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings | None = None) -> 
 
 def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
     """Detect the checkpoint's architecture from config.json and publish it for serving."""
-    from genserve.export.hf_import import import_hf
+    from genserve.export.registry import import_hf
 
     try:
         path = import_hf(args.directory, settings.model_repository, args.name, data_path=args.data)

@@ -9,19 +9,10 @@ GENSERVE=.venv/bin/genserve
 [ -x "$GENSERVE" ] || GENSERVE=genserve
 REPO=${GENSERVE_MODEL_REPOSITORY:-model_repository}
 CHECKPOINTS=${CHECKPOINTS:-checkpoints}
-# name, then what `genserve export` builds it from; digits comes first: it judges the
-# generators' samples (FD, Inception score) when they are exported.
-MODELS=(
-  "digits digits"
-  "vae vae"
-  "cvae vae --conditional"
-  "dae dae"
-  "gan gan"
-  "cgan gan --conditional"
-  "faces faces"
-  "gpt gpt"
-  "textclf textclf"
-)
+# name, then what `genserve export` builds it from, in build order: the registry's zoo
+# (export/registry.py), which puts digits first: it judges the generators' samples.
+mapfile -t MODELS < <("$BIN/python" -m genserve.export.registry)
+[ ${#MODELS[@]} -gt 0 ] || { echo "no zoo from genserve.export.registry" >&2; exit 1; }
 for entry in "${MODELS[@]}"; do
   read -r name args <<< "$entry"
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then

@@ -18,8 +18,8 @@ def tiny_vae(root: Path, name: str, conditional: bool = False) -> Path:
     """A VAE trained for one epoch on 300 real digits: seconds, through build_vae itself."""
     import torch
 
-    from genserve.export.models.vae import VAEConfig
-    from genserve.export.pipeline import build_vae
+    from genserve.export.families.vae.build import build_vae
+    from genserve.export.families.vae.model import VAEConfig
 
     torch.set_num_threads(1)
     config = VAEConfig(latent_dim=4, hidden=(32,), num_classes=10 if conditional else 0)
@@ -37,13 +37,13 @@ def tiny_image_models(root: Path) -> Path:
     """
     import torch
 
-    from genserve.export.classify import build_digits
-    from genserve.export.denoise import build_dae
-    from genserve.export.gan import build_gan
-    from genserve.export.models.cnn_classifier import CNNConfig
-    from genserve.export.models.dae import DAEConfig
-    from genserve.export.models.dcgan import GANConfig
-    from genserve.export.options import RunOptions
+    from genserve.export.core.options import RunOptions
+    from genserve.export.families.dae.build import build_dae
+    from genserve.export.families.dae.model import DAEConfig
+    from genserve.export.families.dcgan.build import build_gan
+    from genserve.export.families.dcgan.model import GANConfig
+    from genserve.export.families.digits.build import build_digits
+    from genserve.export.families.digits.model import CNNConfig
 
     torch.set_num_threads(1)
     run = RunOptions(limit=TINY_DIGITS, progress=False)

@@ -17,7 +17,7 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("mlxten
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """300 packaged MNIST digits, all classes present."""
-    from genserve.export.data import load_mnist
+    from genserve.export.data.mnist import load_mnist
 
     return load_mnist(limit=300)
 
@@ -25,7 +25,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def tiny_config():  # -> VAEConfig; imported lazily so collection works without torch
     """A VAE small enough to train for a few epochs in a second."""
-    from genserve.export.models.vae import VAEConfig
+    from genserve.export.families.vae.model import VAEConfig
 
     return VAEConfig(latent_dim=4, hidden=(64,))
 
@@ -33,6 +33,6 @@ def tiny_config():  # -> VAEConfig; imported lazily so collection works without 
 @pytest.fixture
 def tiny_conditional_config():
     """The tiny VAE, conditioned on the ten digit classes."""
-    from genserve.export.models.vae import VAEConfig
+    from genserve.export.families.vae.model import VAEConfig
 
     return VAEConfig(latent_dim=4, hidden=(64,), num_classes=10)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def heldout() -> tuple[np.ndarray, np.ndarray]:
     """Held-out digits of the tiny models' split: never trained on."""
-    from genserve.export.publishing import digit_split
+    from genserve.export.data.mnist import digit_split
 
     _, _, images, labels, _ = digit_split(None, TINY_DIGITS, 0)
     pick = np.random.default_rng(0).permutation(len(labels))[:60]

@@ -26,7 +26,7 @@ GPT_NAME = "tinygpt"
 
 
 def tiny_gpt_config():  # -> GPTConfig; imported lazily so collection works without torch
-    from genserve.export.models.gpt import GPTConfig
+    from genserve.export.families.gpt.model import GPTConfig
 
     return GPTConfig(vocab_size=384, block_size=96, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -36,8 +36,8 @@ def gpt_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding a tiny GPT trained for 40 steps on 12 pydoc topics."""
     import torch
 
-    from genserve.export.gpt_pipeline import build_gpt
-    from genserve.export.options import RunOptions
+    from genserve.export.families.gpt.build import build_gpt
+    from genserve.export.core.options import RunOptions
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("text-repository")

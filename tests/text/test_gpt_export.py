@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from genserve.export.gpt_export import OnnxParityError, check_kv_parity, export_gpt
-from genserve.export.models.gpt import GPT, GPTConfig, append_cache, attention_bias
-from genserve.export.onnx_export import read_metadata
+from genserve.export.core.onnx_export import read_metadata
+from genserve.export.families.gpt.export import OnnxParityError, check_kv_parity, export_gpt
+from genserve.export.families.gpt.model import GPT, GPTConfig, append_cache, attention_bias
 from genserve.repository import ModelRepository, sha256_file
 from tests.text.conftest import GPT_NAME
 
@@ -92,8 +92,8 @@ def test_published_version_carries_tokenizer_metrics_and_parity(gpt_dir):
 
 
 def test_only_narrow_gpts_ask_for_one_thread():
-    from genserve.export.gpt_pipeline import SINGLE_THREAD_MAX_WIDTH, serving_hints
-    from genserve.export.models.gpt import GPTConfig
+    from genserve.export.families.gpt.build import SINGLE_THREAD_MAX_WIDTH, serving_hints
+    from genserve.export.families.gpt.model import GPTConfig
 
     narrow, wide = (GPTConfig(n_embd=w, n_head=4) for w in (SINGLE_THREAD_MAX_WIDTH, 2 * SINGLE_THREAD_MAX_WIDTH))
     assert serving_hints(narrow).intra_op_threads == 1 and serving_hints(wide).intra_op_threads == 0
@@ -106,7 +106,7 @@ def test_hugging_face_gpt2_imports_with_the_same_logits(tmp_path):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from genserve.export.gpt_hf import import_gpt2
+    from genserve.export.families.gpt.hf import import_gpt2
 
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()

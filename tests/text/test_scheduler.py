@@ -151,8 +151,8 @@ def test_a_request_past_the_context_fails_alone_as_internal(loaded, codec):
 
 def test_score_text_matches_pytorch(loaded, codec, gpt_repo):
     """The worker's windowed log-likelihood on ONNX Runtime equals PyTorch's on the same ids."""
-    from genserve.export.gpt_pipeline import score_ids
-    from genserve.export.pipeline import load_published
+    from genserve.export.families.gpt.build import score_ids
+    from genserve.export.core.publishing import load_published
 
     text = "Assert statements are a convenient way to insert debugging assertions into a program. " * 3
     ids = codec.encode(text)

@@ -83,8 +83,8 @@ def test_stop_sequence_stops_before_it(text_gateway):
 
 def test_score_text_reports_nats_per_token_and_bits_per_byte(text_gateway, gpt_dir):
     """ScoreText's numbers are consistent with each other and with PyTorch on the same tokens."""
-    from genserve.export.gpt_pipeline import score_ids
-    from genserve.export.pipeline import load_published
+    from genserve.export.families.gpt.build import score_ids
+    from genserve.export.core.publishing import load_published
     from genserve.repository import ModelRepository
     from genserve.tokenization import TextCodec
 

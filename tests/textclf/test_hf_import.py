@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from genserve.cli import main
-from genserve.export import hf_import
-from genserve.export.hf_import import UnsupportedCheckpointError, detect_architecture, import_hf
+from genserve.export import registry
+from genserve.export.core.hf_weights import UnsupportedCheckpointError
+from genserve.export.registry import detect_architecture, import_hf
 from genserve.repository import ModelRepository
 from genserve.settings import WorkerSettings
 from genserve.workers.runtime import ModelCache
@@ -93,6 +94,20 @@ def test_a_vocab_txt_only_checkpoint_tokenises_the_same(bert_dir: Path, referenc
     np.testing.assert_allclose(served_logits(tmp_path / "repository", "slowbert"), log_softmax(reference_logits), atol=1e-4)
 
 
+def test_a_sharded_checkpoint_serves_the_same(bert_dir: Path, reference_logits, tmp_path: Path) -> None:
+    """Weights in shards (model.safetensors.index.json) import as the single file does."""
+    sharded = tmp_path / "sharded"
+    model = transformers.BertForSequenceClassification.from_pretrained(bert_dir)
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (bert_dir / name).is_file():
+            shutil.copyfile(bert_dir / name, sharded / name)
+    assert (sharded / "model.safetensors.index.json").is_file() and not (sharded / "model.safetensors").exists()
+    import_hf(sharded, tmp_path / "repository", "shardedbert")
+    np.testing.assert_allclose(served_logits(tmp_path / "repository", "shardedbert"), log_softmax(reference_logits),
+                               atol=1e-4)
+
+
 def test_labelled_data_scores_both_precisions(bert_dir: Path, tmp_path: Path) -> None:
     """--data (labels named as in id2label) puts held-out scores of fp32 and int8 in the manifest."""
     data = tmp_path / "eval.jsonl"
@@ -121,7 +136,7 @@ def test_gpt2_checkpoints_go_to_the_gpt_importer(tmp_path: Path, monkeypatch: py
     config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     transformers.GPT2LMHeadModel(config).save_pretrained(gpt_dir)
     _CALLS.clear()
-    monkeypatch.setitem(hf_import.IMPORTERS, "GPT2LMHeadModel", f"{__name__}:_record")
+    monkeypatch.setitem(registry.HF_IMPORTERS, "GPT2LMHeadModel", f"{__name__}:_record")
     assert import_hf(gpt_dir, tmp_path / "repository", "mygpt") == tmp_path / "repository" / "mygpt" / "1"
     assert _CALLS == [(gpt_dir, tmp_path / "repository", "mygpt")]
     with pytest.raises(UnsupportedCheckpointError, match="--data scores classifiers only"):
@@ -132,6 +147,6 @@ _CALLS: list[tuple[Path, Path, str]] = []  # what the stand-in importer was call
 
 
 def _record(hf_dir: Path, repo_root: Path, name: str) -> Path:
-    """Stands in for genserve.export.gpt_hf.import_gpt2, whose own tests cover the GPT path."""
+    """Stands in for genserve.export.families.gpt.hf.import_gpt2, whose own tests cover the GPT path."""
     _CALLS.append((hf_dir, repo_root, name))
     return repo_root / name / "1"

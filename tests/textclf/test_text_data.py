@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from genserve.export.text_data import FAMILIES, MIN_WORDS, load_docstrings, load_labelled_file
+from genserve.export.data.labelled_texts import (
+    FAMILIES,
+    MIN_WORDS,
+    load_docstrings,
+    load_labelled_file,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,51 @@
+"""Layers and example inputs more than one family uses: an MLP, one-hot label conditioning,
+random images.
+
+The VAE's encoder and decoder and the denoiser's bottleneck are `mlp`s; the conditional VAE
+and the GANs append a one-hot label with `with_label` and trace their graphs with
+`example_label`; the image-in graphs (denoiser, classifier) trace with `example_images`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def with_label(x: torch.Tensor, label: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Append a one-hot label to a batch of vectors when the model is class-conditional."""
+    if num_classes == 0:
+        return x
+    if label is None:
+        raise ValueError(f"this model is class-conditional ({num_classes} classes): pass label")
+    return torch.cat([x, F.one_hot(label, num_classes).to(x.dtype)], dim=1)  # (B, F + K)
+
+
+def mlp(widths: list[int]) -> nn.Sequential:
+    """Linear + ReLU between consecutive widths."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def example_label(
+    config: Any, batch: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """{"label": (B,) int64} for a conditional model (config.num_classes > 0), {} otherwise."""
+    if config.num_classes == 0:
+        return {}
+    return {"label": torch.randint(config.num_classes, (batch,), generator=generator)}
+
+
+def example_images(config: Any) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """make_inputs of a graph whose one input is "image": (B, C, H, W) uniform in [0, 1]."""
+
+    def inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"image": torch.rand(batch, config.channels, config.height, config.width, generator=g)}
+
+    return inputs

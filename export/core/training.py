@@ -1,0 +1,112 @@
+"""The one resumable training loop, shared by the VAE, the denoiser, the digit classifier and the GANs.
+
+The family gives a model, its optimizers and a `step(batch indices, generator)` returning its
+losses; this loop shuffles, steps, shows the running losses on a progress bar, and writes a
+checkpoint (checkpoint.py) after every epoch. Every source of randomness comes from
+(seed, epoch): initial weights from `init_module`, and per epoch one generator
+(`epoch_generator`) for the batch order and whatever noise the step draws. A run stopped after
+epoch k and resumed from its checkpoint ends with the same weights as a run that never stopped.
+The GPT's step loop and the text classifier's fine-tuning keep their own loops but use the same
+generators and checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from genserve.export.core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+
+# (batch indices (B,), the epoch's generator) -> {loss name: value} for the progress bar
+Step = Callable[[torch.Tensor, torch.Generator], dict[str, float]]
+
+
+@dataclass
+class FitResult:
+    """A trained model and how it got there (the GPT's loop counts steps where this says epochs)."""
+
+    model: nn.Module
+    history: list[Any] = field(default_factory=list)  # per epoch: {loss name: mean}; the GPT: loss per step
+    resumed_from: int = 0  # epochs already done when this call started
+    seconds: float = 0.0  # wall time of this call
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator private to one epoch (or step) of one seed, so resuming needs no saved RNG state."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def init_module(build: Callable[[Any], nn.Module], config: Any, seed: int) -> nn.Module:
+    """A fresh module whose initial weights depend on `seed` only; global RNG state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(config)
+
+
+def run_settings(config: Any, data: list[np.ndarray], **knobs: Any) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (the epoch count may grow)."""
+    digest = hashlib.sha256()
+    for array in data:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {"config": asdict(config), "data_sha256": digest.hexdigest(), **knobs}
+
+
+def fit(
+    model: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    step: Step,
+    n: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    settings: dict[str, Any],
+    checkpoint_dir: Path | None,
+    desc: str,
+    progress: bool = True,
+    drop_last: bool = True,
+) -> FitResult:
+    """Train for `epochs` epochs in total over n examples, resuming from checkpoint_dir.
+
+    With `drop_last` batches are full (the last partial one of an epoch is dropped; the next
+    epoch reshuffles), so batch norm never sees a batch of one; without it (the VAE) every
+    example is seen each epoch. An epoch's loss is the mean over its examples. A checkpoint
+    that already holds `epochs` or more epochs is returned as it is.
+    """
+    started = time.perf_counter()
+    path = checkpoint_path(checkpoint_dir)
+    done, history = load_checkpoint(path, settings, model, optimizers)
+    batch_size = min(batch_size, n)
+    steps = n // batch_size if drop_last else -(-n // batch_size)
+    bar = tqdm(total=epochs * steps, initial=min(done, epochs) * steps, desc=desc,
+               disable=not progress)
+    for epoch in range(done, epochs):
+        model.train()
+        g = epoch_generator(seed, epoch)
+        order = torch.randperm(n, generator=g)
+        sums: dict[str, float] = {}  # loss x batch size, so a short last batch weighs less
+        seen = 0
+        for i in range(steps):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            for name, value in step(idx, g).items():
+                sums[name] = sums.get(name, 0.0) + value * len(idx)
+            seen += len(idx)
+            if i % 10 == 0 or i == steps - 1:
+                bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()}, refresh=False)
+            bar.update(1)
+        history.append({name: total / seen for name, total in sums.items()})
+        if path is not None:
+            save_checkpoint(path, settings, model, optimizers, epoch + 1, history)
+    bar.close()
+    model.eval()
+    return FitResult(model, history, done, time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""The convolutional denoising autoencoder on noisy/clean digit pairs: model.py, build.py."""

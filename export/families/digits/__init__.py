@@ -1,0 +1,1 @@
+"""The CNN digit classifier (kind "cnn_classifier"), also the judge of the digit generators."""

@@ -1,0 +1,92 @@
+"""Training the GPT: AdamW on random windows of the token stream, warm-up + cosine, resumable.
+
+Training is seeded and resumable: the windows of step s and its dropout noise come from
+(seed, s) (`epoch_generator`), so a run stopped at a checkpoint (core/checkpoint.py, every
+CHECKPOINT_EVERY steps) and resumed ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genserve.export.core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from genserve.export.core.training import FitResult, epoch_generator, init_module, run_settings
+from genserve.export.families.gpt.model import GPT, GPTConfig
+
+DEFAULT_STEPS = 400
+DEFAULT_BATCH_SIZE = 4  # windows of block_size tokens per step: 2,048 tokens
+DEFAULT_LR = 3e-3  # peak; linear warm-up over WARMUP_FRACTION, cosine decay to 10%
+WARMUP_FRACTION = 0.05
+WEIGHT_DECAY = 0.1
+CHECKPOINT_EVERY = 50  # steps between checkpoints
+
+
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_windows(stream: torch.Tensor, block: int, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` random windows: inputs (B, T) and the next tokens (B, T)."""
+    block = min(block, len(stream) - 1)
+    starts = torch.randint(len(stream) - block, (batch,), generator=g)
+    x = torch.stack([stream[s : s + block] for s in starts.tolist()])  # (B, T)
+    y = torch.stack([stream[s + 1 : s + 1 + block] for s in starts.tolist()])  # (B, T)
+    return x, y
+
+
+def train_gpt(
+    config: GPTConfig,
+    stream: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """AdamW on random windows of the token stream; resumes from checkpoint_dir if it has one."""
+    started = time.perf_counter()
+    model = init_module(GPT, config, seed)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.99),
+    )
+    data = torch.from_numpy(stream)
+    settings = run_settings(config, [stream], steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    path = checkpoint_path(checkpoint_dir)
+    done, history = load_checkpoint(path, settings, model, {"adamw": optimizer})
+    model.train()
+    bar = tqdm(total=steps, initial=min(done, steps), desc="train gpt", disable=not progress)
+    for step in range(done, steps):
+        g = epoch_generator(seed, step)
+        x, y = batch_windows(data, config.block_size, batch_size, g)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout noise of this step
+            loss = model.loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        if path is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps):
+            save_checkpoint(path, settings, model, {"adamw": optimizer}, step + 1, history)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return FitResult(model, history, done, time.perf_counter() - started)

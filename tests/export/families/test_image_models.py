@@ -1,0 +1,109 @@
+"""The image families' modules: registry entries, shapes, output ranges, losses, the noise model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genserve.export.families.dae.model import DAE, DAEConfig, add_noise
+from genserve.export.families.dcgan.model import GAN, GANConfig, class_of
+from genserve.export.families.digits.build import shift
+from genserve.export.families.digits.model import CNNClassifier, CNNConfig
+from genserve.export.registry import specs
+from genserve.protocol import LOOP_NAMES
+
+
+@pytest.mark.parametrize(
+    ("kind", "loop", "module"),
+    [("dae", "image_to_image", DAE), ("cnn_classifier", "image_classifier", CNNClassifier), ("dcgan", "latent_sampler", GAN)],
+)
+def test_image_families_are_registered_with_their_loops(kind: str, loop: str, module: type) -> None:
+    """Each family maps to its serving loop and builds its module from the default config."""
+    spec = specs()[kind]
+    assert spec.loop == loop and loop in LOOP_NAMES
+    assert isinstance(spec.build(spec.config_class()), module)
+
+
+@pytest.mark.parametrize("config", [DAEConfig(), DAEConfig(arch="dense", hidden=(64,)), DAEConfig(height=25, width=25)])
+def test_denoiser_maps_images_to_images_in_unit_range(config: DAEConfig) -> None:
+    """Both architectures (and a side that is not a multiple of 4) keep the image's shape."""
+    model = DAE(config).eval()
+    out = model(torch.rand(3, 1, config.height, config.width))
+    assert out.shape == (3, 1, config.height, config.width)
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert model.loss(torch.rand(3, 1, config.height, config.width), torch.rand(3, 1, config.height, config.width)) > 0
+
+
+def test_unknown_denoiser_architecture_is_refused() -> None:
+    """The config names the allowed architectures."""
+    with pytest.raises(ValueError, match="arch must be one of"):
+        DAEConfig(arch="unet")
+
+
+def test_noise_is_seeded_clipped_and_of_the_asked_strength() -> None:
+    """Same generator seed, same noise; pixels stay in [0, 1]; sigma per image is honoured."""
+    clean = torch.full((2, 1, 28, 28), 0.5)
+    sigma = torch.tensor([0.0, 0.2])
+    a = add_noise(clean, sigma, torch.Generator().manual_seed(1))
+    b = add_noise(clean, sigma, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and 0.0 <= a.min() and a.max() <= 1.0
+    assert torch.equal(a[0], clean[0])
+    assert (a[1] - clean[1]).std().item() == pytest.approx(0.2, rel=0.1)
+
+
+def test_classifier_gives_logits_and_features() -> None:
+    """Logits (B, K) for the serving graph, features (B, F) for the generation metrics."""
+    model = CNNClassifier(CNNConfig(widths=(8, 16), features=24)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4, 10) and model.features(x).shape == (4, 24)
+    assert model.loss(x, torch.tensor([0, 1, 2, 3])).item() > 0
+
+
+def test_shift_translates_by_whole_pixels_with_zero_fill() -> None:
+    """Every shifted image is the original moved by at most 2 pixels, nothing else."""
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, :, 10:18, 12:16] = 1.0
+    moved = shift(x, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and torch.equal(moved.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    rows = moved[:, 0].sum(dim=2).argmax(dim=1)  # first row of the block in each image
+    assert ((rows - 10).abs() <= 2).all() and len(set(rows.tolist())) > 1
+
+
+@pytest.mark.parametrize("config", [GANConfig(features=8), GANConfig(features=8, num_classes=10, aux_classes=10), GANConfig(features=8, height=25, width=25)])
+def test_generator_draws_images_of_the_configured_shape(config: GANConfig) -> None:
+    """z (and a label when conditional) -> (B, 1, H, W) in [0, 1], also for 25x25 faces."""
+    gan = GAN(config).eval()
+    label = torch.arange(5) % config.num_classes if config.num_classes else None
+    images = gan.sample(5, label, torch.Generator().manual_seed(0))
+    assert images.shape == (5, 1, config.height, config.width)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_gan_losses_are_finite_and_the_average_follows_the_generator() -> None:
+    """D and G losses (with the auxiliary classifier) are finite; update_average moves the EMA."""
+    gan = GAN(GANConfig(features=8, num_classes=10, aux_classes=10))
+    real, label = torch.rand(6, 1, 28, 28), torch.arange(6)
+    fake = gan.generator(torch.randn(6, 64), label)
+    assert torch.isfinite(gan.d_loss(real, fake.detach(), label, label))
+    assert torch.isfinite(gan.g_loss(fake, label))
+    with torch.no_grad():
+        for p in gan.generator.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in gan.average.parameters()]
+    gan.update_average()
+    moved = [(after - old).mean().item() for after, old in zip(gan.average.parameters(), before)]
+    assert all(m == pytest.approx(1.0 - gan.config.average_decay, abs=1e-6) for m in moved)
+
+
+def test_a_class_mixture_reads_every_class_equally_often_from_z() -> None:
+    """class_of(z) is uniform over the classes for z ~ N(0, I); the mixture's G takes z alone."""
+    z = torch.randn(50_000, 8, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(class_of(z, 10), minlength=10).double() / len(z)
+    assert counts.min() > 0.09 and counts.max() < 0.11
+    mixture = GAN(GANConfig(latent_dim=8, features=4, num_classes=10, label_from_latent=True)).eval()
+    graph = specs()["dcgan"].graphs(mixture)["model"]
+    assert list(graph.make_inputs(2, torch.Generator())) == ["z"]
+    one = z[:1].repeat(2, 1)
+    one[1, 0] = -one[1, 0] + 0.5  # another class, same remaining latent
+    assert class_of(one, 10)[0] != class_of(one, 10)[1]
+    assert not torch.equal(*mixture.average(one))
