@@ -5,13 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The checkout's .venv, or the `genserve` on PATH (the compose `models` builder's image).
-GENSERVE=.venv/bin/genserve
-[ -x "$GENSERVE" ] || GENSERVE=genserve
+GENSERVE=.venv/bin/genserve PYTHON=.venv/bin/python
+[ -x "$GENSERVE" ] || { GENSERVE=genserve; PYTHON=python3; }
 REPO=${GENSERVE_MODEL_REPOSITORY:-model_repository}
 CHECKPOINTS=${CHECKPOINTS:-checkpoints}
 # name, then what `genserve export` builds it from, in build order: the registry's zoo
 # (export/registry.py), which puts digits first: it judges the generators' samples.
-mapfile -t MODELS < <("$BIN/python" -m genserve.export.registry)
+mapfile -t MODELS < <("$PYTHON" -m genserve.export.registry)
 [ ${#MODELS[@]} -gt 0 ] || { echo "no zoo from genserve.export.registry" >&2; exit 1; }
 for entry in "${MODELS[@]}"; do
   read -r name args <<< "$entry"
