@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from genserve.repository import ModelRepository
 from genserve.services.dispatch import Dispatcher
+from genserve.services.jobs.service import create_job_service
 from genserve.services.models import ModelCatalog
 from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
 from genserve.settings import Settings
@@ -34,6 +36,7 @@ class Gateway:
     dispatcher: Dispatcher
     health: health.HealthServicer
     watcher: asyncio.Task | None = None
+    jobs: Any = None  # the JobService (services/jobs/service.py)
 
     HEALTH_INTERVAL_S = 2.0  # how often the broker is pinged for the health status
 
@@ -60,6 +63,8 @@ class Gateway:
             self.watcher.cancel()
         await self.set_health(False)
         await self.server.stop(grace_s)
+        if self.jobs is not None:
+            await self.jobs.close()
         await self.dispatcher.close()
 
 
@@ -92,7 +97,8 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+    jobs = create_job_service(settings, catalog, dispatcher)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
@@ -100,7 +106,8 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     if port == 0:
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
     await server.start()
-    gateway = Gateway(server, port, dispatcher, health_servicer)
+    gateway = Gateway(server, port, dispatcher, health_servicer, jobs=jobs)
+    jobs.start()
     await gateway.set_health(True)
     gateway.watcher = asyncio.get_running_loop().create_task(gateway.watch_broker())
     mode = "embedded (no broker)" if settings.embedded else f"broker {settings.broker_url}"

@@ -66,6 +66,7 @@ class GenerateImagesInput(BaseModel):
     tensor: bool
     png: bool
     return_latents: bool
+    first_index: int = 0  # sample index of the first image in the seed's sequence (genserve/seeds.py)
 
     @field_validator("latents")
     @classmethod
@@ -113,6 +114,7 @@ class GenerateImagesInput(BaseModel):
             "tensor": self.tensor,
             "png": self.png,
             "return_latents": self.return_latents,
+            "first_index": self.first_index,
         }
 
 
@@ -136,7 +138,10 @@ def generate_images(request: inference_pb2.GenerateImagesRequest, manifest: Mani
         "tensor": tensor,
         "png": png,
         "return_latents": request.return_latents,
+        "first_index": request.first_index if request.HasField("first_index") else 0,
     }
+    if raw["first_index"] + count > 2**64:
+        raise InvalidArgumentError(f"first_index + count must be at most 2**64, got {raw['first_index'] + count}")
     return _validate(GenerateImagesInput, raw, manifest, limits)
 
 

@@ -9,12 +9,16 @@ CPU workers by which queues each worker consumes.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
 from genserve.workers.generation import RedisStreamSink
 from genserve.workers.runtime import ModelCache
+from genserve.protocol import bulk_queue_name
+from genserve.workers.jobs.task import register_chunk_task
 from genserve.workers.tasks import register_tasks
 
 
@@ -42,6 +46,9 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
             # default); scan every interval instead so a dead worker's batch returns quickly.
             "unacked_restore_interval": settings.worker.restore_interval_s,
             "unacked_restore_throttle": 1,
+            # Queues in the order given (online queues first, then `<prefix>.bulk.<model>`),
+            # not round robin: a worker takes an online request before the next job chunk.
+            "queue_order_strategy": "priority",
         },
         result_expires=settings.result_expires_s,
         task_default_queue=f"{settings.queue_prefix}.default",
@@ -56,7 +63,15 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
     )
     repository = ModelRepository(settings.model_repository)
     streams = RedisStreamSink(settings.backend_url)  # token chunks of streamed generations
-    register_tasks(app, lambda: ModelCache(repository, settings.worker, streams=streams))
+    caches: dict[int, ModelCache] = {}  # one per process (after any fork), shared by both tasks
+
+    def cache() -> ModelCache:
+        if os.getpid() not in caches:
+            caches[os.getpid()] = ModelCache(repository, settings.worker, streams=streams)
+        return caches[os.getpid()]
+
+    register_tasks(app, cache)
+    register_chunk_task(app, settings, cache)
     return app
 
 
@@ -75,6 +90,7 @@ def worker_pool(settings: Settings) -> tuple[str, int]:
 
 
 def worker_queues(settings: Settings) -> list[str]:
-    """Queues this worker consumes: the configured models, or every model in the repository."""
+    """Queues this worker consumes: the configured models, or every model in the repository;
+    their online queues first, then their batch-job queues (consumed in this order)."""
     names = settings.worker.queues or ModelRepository(settings.model_repository).names()
-    return [settings.queue_for(name) for name in names]
+    return [settings.queue_for(name) for name in names] + [bulk_queue_name(settings.queue_prefix, n) for n in names]

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from genserve import seeds
 from genserve.errors import InvalidArgumentError
 from genserve.repository import Manifest
 from genserve.tensors import from_wire, png_encode, to_wire
@@ -21,9 +22,10 @@ from genserve.workers.text import classify_texts, softmax, top_k
 Handler = Callable[[LoadedModel, list[dict[str, Any]], BatchStats], list[Outcome]]
 
 
-def sample_latents(seed: int, count: int, latent_dim: int) -> np.ndarray:
-    """The seeded draw: row i depends only on (seed, i), never on batch neighbours."""
-    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
+def sample_latents(seed: int, count: int, latent_dim: int, first_index: int = 0) -> np.ndarray:
+    """The seeded draw (genserve/seeds.py): row i is sample first_index + i of `seed`, never
+    dependent on batch neighbours, chunk sizes or workers."""
+    return seeds.latents(seed, first_index, count, latent_dim)
 
 
 def encode_images(images: np.ndarray, request: dict[str, Any], low: float, high: float) -> Outcome:
@@ -46,7 +48,7 @@ def generate_images(loaded: LoadedModel, requests: list[dict[str, Any]], stats: 
             if z.ndim != 2 or z.shape[1] != dim or not np.isfinite(z).all():
                 raise InvalidArgumentError(f"latents must be finite float32 (n, {dim}), got {z.shape}")
         else:
-            z = sample_latents(int(request["seed"]), int(request["count"]), dim)
+            z = sample_latents(int(request["seed"]), int(request["count"]), dim, int(request.get("first_index") or 0))
         feeds = {"z": z}
         if manifest.conditional:
             label = request.get("label")
