@@ -53,7 +53,7 @@ def finalize(store: JobStore, job_id: str) -> bool:
     record = store.get(job_id)
     if record is None or record["state"] not in ACTIVE:
         return False
-    if len(store.done_chunks(job_id)) < record["chunks"]:
+    if store.chunks_done(job_id) < record["chunks"]:
         return False
     folder = Path(record["dir"])
     shards = store.shards(job_id)

@@ -58,6 +58,8 @@ class JobStore(Protocol):
     def attempt(self, job_id: str, chunk: int) -> int: ...
     def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int) -> int: ...
     def done_chunks(self, job_id: str) -> set[int]: ...
+    def is_done(self, job_id: str, chunk: int) -> bool: ...
+    def chunks_done(self, job_id: str) -> int: ...
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]: ...
     def delete(self, job_id: str) -> None: ...
 
@@ -163,6 +165,12 @@ class RedisJobStore:
     def done_chunks(self, job_id: str) -> set[int]:
         return {int(c) for c in self.client.smembers(self._key(job_id, "done"))}
 
+    def is_done(self, job_id: str, chunk: int) -> bool:
+        return bool(self.client.sismember(self._key(job_id, "done"), str(chunk)))
+
+    def chunks_done(self, job_id: str) -> int:
+        return int(self.client.scard(self._key(job_id, "done")))
+
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.client.hgetall(self._key(job_id, "shards")).items()}
 
@@ -248,6 +256,14 @@ class LocalJobStore:
     def done_chunks(self, job_id: str) -> set[int]:
         with self._lock:
             return set(self._done.get(job_id, ()))
+
+    def is_done(self, job_id: str, chunk: int) -> bool:
+        with self._lock:
+            return chunk in self._done.get(job_id, ())
+
+    def chunks_done(self, job_id: str) -> int:
+        with self._lock:
+            return len(self._done.get(job_id, ()))
 
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]:
         with self._lock:

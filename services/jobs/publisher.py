@@ -23,6 +23,28 @@ log = logging.getLogger(__name__)
 
 PIPELINE = 1000  # messages per round trip
 
+# KEYS: queue; ARGV: a string only the job's messages hold. Rebuilds the list without them
+# (one pass, atomic: no publish or consume interleaves); returns how many were removed.
+_WITHDRAW = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept = {}
+for _, item in ipairs(items) do
+  if not string.find(item, ARGV[1], 1, true) then kept[#kept + 1] = item end
+end
+local removed = #items - #kept
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+  end
+end
+return removed
+"""
+
+
+def _marker(job_id: str) -> str:
+    return f"<job {job_id} chunk "  # in each message's argsrepr header (plain JSON)
+
 
 class CeleryChunkPublisher:
     def __init__(self, app: Any, url: str) -> None:
@@ -33,12 +55,13 @@ class CeleryChunkPublisher:
         self._client = redis.Redis.from_url(url)
         self._dumps = dumps
         self._origin = f"genserve-gateway@{socket.gethostname()}:{os.getpid()}"
+        self._withdraw = self._client.register_script(_WITHDRAW)
 
     def encode(self, queue: str, payload: ChunkPayload) -> bytes:
         task_id = uuid.uuid4().hex
         message = self._app.amqp.as_task_v2(
             task_id, CHUNK_TASK_NAME, args=[dict(payload)], kwargs={}, origin=self._origin,
-            argsrepr=f"[<job {payload['job']} chunk {payload['chunk']}>]", kwargsrepr="{}")
+            argsrepr=f"[{_marker(payload['job'])}{payload['chunk']}>]", kwargsrepr="{}")
         content_type, encoding, body = self._dumps(message.body, serializer="msgpack")
         properties = dict(message.properties)
         properties.update(delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=uuid.uuid4().hex,
@@ -55,6 +78,11 @@ class CeleryChunkPublisher:
                 pipe.lpush(queue, self.encode(queue, payload))
             pipe.execute()
 
+    def withdraw(self, queue: str, job_id: str) -> int:
+        """Take a job's pending chunk messages off its queue (messages a worker holds stay:
+        it skips them when it sees the state)."""
+        return int(self._withdraw(keys=[queue], args=[_marker(job_id)]))
+
     def close(self) -> None:
         self._client.close()
 
@@ -69,6 +97,9 @@ class LocalChunkPublisher:
     def publish(self, queue: str, chunks: list[ChunkPayload]) -> None:
         for payload in chunks:
             self._pool.submit(self._one, dict(payload))
+
+    def withdraw(self, queue: str, job_id: str) -> int:
+        return 0  # queued chunks see the cancelled state and return at once
 
     def _one(self, payload: dict[str, Any]) -> None:
         try:

@@ -93,14 +93,14 @@ class JobService:
 
     def _snapshot(self, job_id: str) -> jobs_pb2.Job:
         record = self._load(job_id)
-        done = self.store.done_chunks(job_id)
-        if record["state"] in ACTIVE and len(done) >= record["chunks"]:
+        done = self.store.chunks_done(job_id)
+        if record["state"] in ACTIVE and done >= record["chunks"]:
             results.finalize(self.store, job_id)  # its last worker died before finishing it
             record = self._load(job_id)
         files = None
         if record["state"] in TERMINAL and (Path(record["dir"]) / layout.MANIFEST).exists():
             files = [f["path"] for f in layout.read_manifest(Path(record["dir"]))["files"]]
-        return to_proto(record, len(done), files)
+        return to_proto(record, done, files)
 
     async def get(self, job_id: str) -> jobs_pb2.Job:
         return await self._call(self._snapshot, job_id)
@@ -118,9 +118,13 @@ class JobService:
             await asyncio.sleep(self.jobs.poll_interval_s)
 
     async def cancel(self, job_id: str) -> jobs_pb2.Job:
-        await self._call(self._load, job_id)
+        record = await self._call(self._load, job_id)
         if await self._call(self.store.transition, job_id, ACTIVE, CANCELLED, finished=time.time()):
-            log.info("job %s cancelled", job_id)
+            # Workers skip a cancelled job's chunks anyway; taking them off the queue makes the
+            # stop take one Redis script instead of a Celery round trip per pending chunk.
+            queue = bulk_queue_name(self.settings.queue_prefix, record["model"].split(":")[0])
+            removed = await self._call(self.publisher.withdraw, queue, job_id)
+            log.info("job %s cancelled; %d pending chunks taken off %s", job_id, removed, queue)
         return await self.get(job_id)
 
     async def list(self, request: jobs_pb2.ListJobsRequest) -> jobs_pb2.ListJobsResponse:
@@ -143,7 +147,7 @@ class JobService:
                 offset += 1
                 record = self.store.get(job_id)
                 if record is not None and (not state or NAMES[state] == record["state"]):
-                    response.jobs.append(to_proto(record, len(self.store.done_chunks(job_id))))
+                    response.jobs.append(to_proto(record, self.store.chunks_done(job_id)))
                     if len(response.jobs) == size:
                         break
         if self.store.list(offset, 1):
@@ -230,7 +234,7 @@ class JobService:
                 if record["state"] in ACTIVE:
                     if not record["enqueued"] and now - record["created"] > UNPUBLISHED_GRACE_S:
                         self.republish(record)
-                    elif len(self.store.done_chunks(job_id)) >= record["chunks"]:
+                    elif self.store.chunks_done(job_id) >= record["chunks"]:
                         results.finalize(self.store, job_id)
                 elif record["finished"] and now - record["finished"] > self.jobs.retention_hours * 3600:
                     shutil.rmtree(record["dir"], ignore_errors=True)

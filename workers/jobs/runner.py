@@ -45,7 +45,7 @@ class ChunkRunner:
     def run(self, payload: dict[str, Any]) -> str:
         job_id, chunk = payload["job"], int(payload["chunk"])
         record = self.store.get(job_id)
-        if record is None or record["state"] not in ACTIVE or chunk in self.store.done_chunks(job_id):
+        if record is None or record["state"] not in ACTIVE or self.store.is_done(job_id, chunk):
             return "skipped"
         attempt = self.store.attempt(job_id, chunk)
         if attempt > record["max_attempts"]:
