@@ -9,6 +9,7 @@
     genserve generate vae -n 64 --seed 1 -o digits.png
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
     genserve classify textclf "Return the base name of a path."
+    genserve job submit vae --count 1000000 --seed 42 --watch    (then: job fetch ID, list, cancel)
 
 Settings come from GENSERVE_* environment variables; the flags below override them.
 """
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genserve.jobs.cli import add_parser as add_job_parser, cmd_job
 from genserve.settings import Settings
 
 
@@ -112,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+")
     classify.add_argument("--top-k", type=int, default=1)
     _client_flags(classify)
+
+    add_job_parser(sub, _client_flags)
     return parser
 
 
@@ -284,7 +288,7 @@ def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
             "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf}
-CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify}
+CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify, "job": cmd_job}
 
 
 def main(argv: list[str] | None = None) -> int:
