@@ -118,3 +118,19 @@ def test_embedded_mode_runs_a_job_with_the_same_bytes(repo: Path, tmp_path: Path
         assert np.array_equal(alone, images[200:250])
         listed = gw.jobs.ListJobs(jobs_pb2.ListJobsRequest(state=jobs_pb2.JOB_STATE_SUCCEEDED), timeout=10)
         assert [j.id for j in listed.jobs] == [job.id]
+
+
+def test_chunk_failing_every_time_stops_after_max_attempts_and_names_itself(repo: Path, tmp_path: Path):
+    """A model file that fails its sha256 on the worker: each chunk runs max_attempts times, then FAILED says which chunk and why."""
+    import shutil
+
+    copy = tmp_path / "repository"
+    shutil.copytree(repo / "vae", copy / "vae")
+    settings = Settings(model_repository=copy, gateway=GatewaySettings(port=0),
+                        jobs=JobSettings(root=tmp_path / "jobs", max_attempts=2))
+    with JobsGateway(settings) as gw:
+        onnx = next((copy / "vae").glob("*/model.onnx"))
+        onnx.write_bytes(onnx.read_bytes() + b"corrupt")  # the worker loads lazily: after this
+        final = gw.wait(gw.submit(model="vae", count=100, seed=1, chunk_size=50).id)
+    assert final.state == jobs_pb2.JOB_STATE_FAILED and final.done == 0
+    assert final.error.startswith("chunk ") and "failed 2 times" in final.error and "sha256" in final.error
