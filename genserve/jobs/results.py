@@ -14,6 +14,9 @@ from genserve.jobs import layout
 from genserve.jobs.store import ACTIVE, FAILED, SUCCEEDED, SUCCEEDED_WITH_ERRORS, JobStore
 
 
+FINALIZE_LOCK_S = 60.0  # if the finisher dies, the gateway's upkeep pass retries after this
+
+
 def spec_of(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(record["spec"])
 
@@ -54,6 +57,11 @@ def finalize(store: JobStore, job_id: str) -> bool:
     if record is None or record["state"] not in ACTIVE:
         return False
     if store.chunks_done(job_id) < record["chunks"]:
+        return False
+    if not store.lock(job_id, FINALIZE_LOCK_S):  # a worker and a gateway may both get here
+        return False
+    record = store.get(job_id) or record
+    if record["state"] not in ACTIVE:
         return False
     folder = Path(record["dir"])
     shards = store.shards(job_id)

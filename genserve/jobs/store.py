@@ -12,6 +12,7 @@ with its append-only file. Key schema (P = `<queue prefix>:job`):
     P:index           zset   job id by creation time (ListJobs, retention)
     P:active          set    ids of queued or running jobs (max_active_jobs)
     P:token:<token>   string the job id submitted with this idempotency key
+    P:<id>:lock       string held (SET NX PX) by whoever is writing the job's manifest
 
 Every state change is one Lua script, so a cancel, a failure and the last chunk cannot
 overwrite each other: terminal states (SUCCEEDED, SUCCEEDED_WITH_ERRORS, FAILED, CANCELLED)
@@ -62,6 +63,7 @@ class JobStore(Protocol):
     def chunks_done(self, job_id: str) -> int: ...
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]: ...
     def delete(self, job_id: str) -> None: ...
+    def lock(self, job_id: str, seconds: float) -> bool: ...
 
 
 def new_id() -> str:
@@ -174,9 +176,13 @@ class RedisJobStore:
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.client.hgetall(self._key(job_id, "shards")).items()}
 
+    def lock(self, job_id: str, seconds: float) -> bool:
+        """P:<id>:lock for `seconds` (finishing a job); False when someone else holds it."""
+        return bool(self.client.set(self._key(job_id, "lock"), "1", nx=True, px=int(seconds * 1000)))
+
     def delete(self, job_id: str) -> None:
         record = self.get(job_id) or {}
-        keys = [self._key(job_id, part) for part in ("", "done", "shards", "attempts")]
+        keys = [self._key(job_id, part) for part in ("", "done", "shards", "attempts", "lock")]
         if record.get("token"):
             keys.append(f"{self.p}:token:{record['token']}")
         self.client.delete(*keys)
@@ -195,6 +201,7 @@ class LocalJobStore:
         self._done: dict[str, set[int]] = {}
         self._shards: dict[str, dict[int, dict[str, Any]]] = {}
         self._attempts: dict[str, dict[int, int]] = {}
+        self._locks: dict[str, float] = {}  # job id -> until (monotonic)
 
     def create(self, record: dict[str, Any], token: str) -> tuple[dict[str, Any], bool]:
         with self._lock:
@@ -268,6 +275,13 @@ class LocalJobStore:
     def shards(self, job_id: str) -> dict[int, dict[str, Any]]:
         with self._lock:
             return dict(self._shards.get(job_id, {}))
+
+    def lock(self, job_id: str, seconds: float) -> bool:
+        with self._lock:
+            if self._locks.get(job_id, 0.0) > time.monotonic():
+                return False
+            self._locks[job_id] = time.monotonic() + seconds
+            return True
 
     def delete(self, job_id: str) -> None:
         with self._lock:

@@ -134,3 +134,17 @@ def test_chunk_failing_every_time_stops_after_max_attempts_and_names_itself(repo
         final = gw.wait(gw.submit(model="vae", count=100, seed=1, chunk_size=50).id)
     assert final.state == jobs_pb2.JOB_STATE_FAILED and final.done == 0
     assert final.error.startswith("chunk ") and "failed 2 times" in final.error and "sha256" in final.error
+
+
+def test_finished_job_and_its_files_expire_after_the_retention_time(repo: Path, tmp_path: Path):
+    """retention_hours elapsed: the upkeep pass deletes the record and the folder (GetJob: NOT_FOUND)."""
+    settings = Settings(model_repository=repo, gateway=GatewaySettings(port=0),
+                        jobs=JobSettings(root=tmp_path, retention_hours=0.5 / 3600))
+    with JobsGateway(settings) as gw:
+        final = gw.wait(gw.submit(model="vae", count=10, seed=1).id)
+        assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED and Path(final.result_dir).is_dir()
+        time.sleep(0.6)
+        gw.gateway.jobs.maintain()
+        with pytest.raises(grpc.RpcError) as gone:
+            gw.jobs.GetJob(jobs_pb2.GetJobRequest(id=final.id), timeout=10)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND and not Path(final.result_dir).exists()
