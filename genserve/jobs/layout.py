@@ -36,14 +36,18 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers never see a partial file."""
+def atomic_write(path: Path, *parts: bytes | memoryview, fsync: bool = False) -> None:
+    """Write `parts` to `path` so that readers never see a partial file. A killed process
+    leaves the old file or the new one; `fsync` also covers a machine losing power (it cost
+    about a third of a VAE chunk's time on this machine's disk, so it is off by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        for part in parts:
+            f.write(part)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -66,10 +70,23 @@ def shard_name(kind: str, chunk: int, suffix: str) -> str:
     return f"{SHARDS}/{kind}-{chunk:06d}{suffix}"
 
 
-def write_file(folder: Path, relative: str, data: bytes, start: int, count: int) -> dict[str, Any]:
+def write_file(folder: Path, relative: str, data: bytes, start: int, count: int, fsync: bool = False) -> dict[str, Any]:
     """Write one result file; its manifest entry."""
-    atomic_write(folder / relative, data)
+    atomic_write(folder / relative, data, fsync=fsync)
     return {"path": relative, "start": start, "count": count, "bytes": len(data), "sha256": sha256(data)}
+
+
+def write_npy(folder: Path, relative: str, array: np.ndarray, start: int, count: int, fsync: bool = False) -> dict[str, Any]:
+    """The same bytes as np.save, written and hashed from the array's memory (no copy)."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    body = memoryview(array).cast("B")
+    digest = hashlib.sha256(header.getvalue())
+    digest.update(body)
+    atomic_write(folder / relative, header.getvalue(), body, fsync=fsync)
+    size = len(header.getvalue()) + body.nbytes
+    return {"path": relative, "start": start, "count": count, "bytes": size, "sha256": digest.hexdigest()}
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -269,7 +269,7 @@ def create_job_service(settings: Settings, catalog: ModelCatalog, dispatcher: An
         cache = getattr(dispatcher.backend, "_cache", None) or ModelCache(
             ModelRepository(settings.model_repository), settings.worker)
         store: JobStore = LocalJobStore()
-        runner = ChunkRunner(store, lambda payload: execute(payload, cache))
+        runner = ChunkRunner(store, lambda payload: execute(payload, cache), settings.jobs.fsync)
         return JobService(settings, catalog, store, LocalChunkPublisher(runner.run))
     from genserve.workers.app import create_app
 

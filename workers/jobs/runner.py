@@ -38,9 +38,10 @@ class ChunkError(Exception):
 
 
 class ChunkRunner:
-    def __init__(self, store: JobStore, execute: Execute) -> None:
+    def __init__(self, store: JobStore, execute: Execute, fsync: bool = False) -> None:
         self.store = store
         self.execute = execute
+        self.fsync = fsync  # fsync shards before renaming them (jobs.fsync)
 
     def run(self, payload: dict[str, Any]) -> str:
         job_id, chunk = payload["job"], int(payload["chunk"])
@@ -106,9 +107,9 @@ class ChunkRunner:
         if spec["format"] == "npz":
             index = np.arange(start, start + count, dtype=np.uint64)
             data = layout.npz_bytes({"images": images, "index": index})
-            files = [layout.write_file(folder, layout.shard_name("images", chunk, ".npz"), data, start, count)]
+            files = [layout.write_file(folder, layout.shard_name("images", chunk, ".npz"), data, start, count, self.fsync)]
         else:
-            files = [layout.write_file(folder, layout.shard_name("images", chunk, ".npy"), layout.npy_bytes(images), start, count)]
+            files = [layout.write_npy(folder, layout.shard_name("images", chunk, ".npy"), images, start, count, self.fsync)]
         if spec.get("preview") and chunk == 0:
             sheet = png_encode(grid(images[:PREVIEW_IMAGES]))
             files.append(layout.write_file(folder, layout.PREVIEW, sheet, 0, min(count, PREVIEW_IMAGES)))

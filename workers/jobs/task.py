@@ -22,7 +22,7 @@ def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], Mod
     def runner() -> ChunkRunner:
         if "runner" not in state:  # created in the process that runs chunks (after any fork)
             store = RedisJobStore(settings.backend_url, job_key_prefix(settings.queue_prefix))
-            state["runner"] = ChunkRunner(store, lambda payload: execute(payload, cache()))
+            state["runner"] = ChunkRunner(store, lambda payload: execute(payload, cache()), settings.jobs.fsync)
         return state["runner"]
 
     @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
