@@ -89,6 +89,60 @@ def write_npy(folder: Path, relative: str, array: np.ndarray, start: int, count:
     return {"path": relative, "start": start, "count": count, "bytes": size, "sha256": digest.hexdigest()}
 
 
+class NpyShardWriter:
+    """One .npy shard written while its rows are still being computed: the header first (the
+    shape is known), then each part of rows on a writer thread that also hashes it (file
+    writes and sha256 release the GIL, so they overlap the next ONNX Runtime call), then
+    the rename. The bytes are np.save's."""
+
+    def __init__(self, folder: Path, relative: str, shape: tuple[int, ...], dtype: np.dtype, start: int, fsync: bool = False) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = folder / relative
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        self._entry = {"path": relative, "start": start, "count": shape[0]}
+        self._fsync = fsync
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+        self._file = open(self._tmp, "wb")
+        self._file.write(header.getvalue())
+        self._digest = hashlib.sha256(header.getvalue())
+        self._size = len(header.getvalue())
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="genserve-shard")
+        self._pending: list[Any] = []
+
+    def append(self, rows: np.ndarray) -> None:
+        self._pending.append(self._pool.submit(self._write, np.ascontiguousarray(rows)))
+
+    def _write(self, rows: np.ndarray) -> None:
+        body = memoryview(rows).cast("B")
+        self._digest.update(body)
+        self._file.write(body)
+        self._size += body.nbytes
+
+    def close(self) -> dict[str, Any]:
+        """Wait for the writes, rename into place; the manifest entry."""
+        try:
+            for pending in self._pending:
+                pending.result()
+            if self._fsync:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        finally:
+            self.abort()
+        return {**self._entry, "bytes": self._size, "sha256": self._digest.hexdigest()}
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True)
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     atomic_write(folder / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 

@@ -30,6 +30,7 @@ from genserve.tensors import from_wire, grid, png_decode, png_encode, to_wire
 log = logging.getLogger(__name__)
 
 PREVIEW_IMAGES = 64
+SUB_BATCH = 512  # samples per generate_images call inside a chunk: a part is written while the next runs
 Execute = Callable[[dict[str, Any]], dict[str, Any]]  # tasks.execute bound to the worker's model cache
 
 
@@ -96,24 +97,41 @@ class ChunkRunner:
         return outcomes, result.get("provider", "")
 
     def _generate(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """The chunk as generate_images requests of SUB_BATCH samples (the same bytes as one
+        request: seeds are per sample), each part written while the next one runs."""
         chunk, start, count = int(payload["chunk"]), int(payload["start"]), int(payload["count"])
-        request = {"count": count, "seed": spec["seed"], "first_index": start, "label": spec.get("label"),
-                   "latents": None, "tensor": True, "png": False, "return_latents": False}
-        outcomes, provider = self._call(record, "generate_images", [request])
-        if not outcomes[0]["ok"]:
-            raise ChunkError(outcomes[0]["message"])
-        images = from_wire(outcomes[0]["images"])
         folder = Path(record["dir"])
+        writer, parts, provider, files = None, [], "", []
+        try:
+            for first in range(start, start + count, SUB_BATCH):
+                n = min(SUB_BATCH, start + count - first)
+                request = {"count": n, "seed": spec["seed"], "first_index": first, "label": spec.get("label"),
+                           "latents": None, "tensor": True, "png": False, "return_latents": False}
+                outcomes, provider = self._call(record, "generate_images", [request])
+                if not outcomes[0]["ok"]:
+                    raise ChunkError(outcomes[0]["message"])
+                images = from_wire(outcomes[0]["images"])
+                if first == start and spec.get("preview") and chunk == 0:
+                    sheet = png_encode(grid(images[:PREVIEW_IMAGES]))
+                    files.append(layout.write_file(folder, layout.PREVIEW, sheet, 0, min(n, PREVIEW_IMAGES)))
+                if spec["format"] == "npz":
+                    parts.append(images)
+                    continue
+                if writer is None:
+                    writer = layout.NpyShardWriter(folder, layout.shard_name("images", chunk, ".npy"),
+                                                   (count, *images.shape[1:]), images.dtype, start, self.fsync)
+                writer.append(images)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         if spec["format"] == "npz":
             index = np.arange(start, start + count, dtype=np.uint64)
-            data = layout.npz_bytes({"images": images, "index": index})
-            files = [layout.write_file(folder, layout.shard_name("images", chunk, ".npz"), data, start, count, self.fsync)]
+            data = layout.npz_bytes({"images": np.concatenate(parts), "index": index})
+            shard = layout.write_file(folder, layout.shard_name("images", chunk, ".npz"), data, start, count, self.fsync)
         else:
-            files = [layout.write_npy(folder, layout.shard_name("images", chunk, ".npy"), images, start, count, self.fsync)]
-        if spec.get("preview") and chunk == 0:
-            sheet = png_encode(grid(images[:PREVIEW_IMAGES]))
-            files.append(layout.write_file(folder, layout.PREVIEW, sheet, 0, min(count, PREVIEW_IMAGES)))
-        return {"files": files, "provider": provider}
+            shard = writer.close()
+        return {"files": [shard, *files], "provider": provider}
 
     def _texts(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         start, count = int(payload["start"]), int(payload["count"])
