@@ -1,0 +1,48 @@
+"""Pure parts of batch jobs: the seed scheme, shard bytes, the queue order workers consume in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genserve import seeds
+from genserve.jobs import layout
+from genserve.settings import Settings, WorkerSettings
+
+
+def test_any_range_of_a_seed_equals_the_same_rows_of_one_long_draw():
+    """seeds.latents(S, i, k) is rows i..i+k-1 of seeds.latents(S, 0, n), across block edges."""
+    full = seeds.latents(42, 0, 1000, 8)
+    for first, count in ((0, 1), (255, 2), (256, 256), (300, 700), (999, 1), (17, 0)):
+        assert np.array_equal(seeds.latents(42, first, count, 8), full[first : first + count])
+    assert not np.array_equal(seeds.latents(43, 0, 4, 8), full[:4])
+    far = seeds.latents(7, 10**8 - 2, 2, 8)  # far indices cost no more than near ones
+    assert far.shape == (2, 8) and np.isfinite(far).all()
+
+
+def test_shard_writer_writes_np_save_bytes_and_their_sha256(tmp_path: Path):
+    """NpyShardWriter's file equals np.save's bytes, written in parts, with a matching manifest entry."""
+    images = np.random.default_rng(0).random((10, 1, 4, 4), dtype=np.float32)
+    writer = layout.NpyShardWriter(tmp_path, "shards/a.npy", images.shape, images.dtype, 30)
+    writer.append(images[:3])
+    writer.append(images[3:])
+    entry = writer.close()
+    data = (tmp_path / "shards/a.npy").read_bytes()
+    assert data == layout.npy_bytes(images) and entry["sha256"] == layout.sha256(data)
+    assert (entry["start"], entry["count"], entry["bytes"]) == (30, 10, len(data))
+    assert list((tmp_path / "shards").iterdir()) == [tmp_path / "shards/a.npy"]  # no temporary left
+    again = layout.npz_bytes({"images": images})
+    assert again == layout.npz_bytes({"images": images})  # no timestamps in .npz shards
+
+
+def test_workers_consume_online_queues_before_bulk_queues(tmp_path: Path):
+    """worker_queues lists every online queue, then the bulk queues; the transport keeps that order."""
+    from genserve.workers.app import create_app, worker_queues
+
+    settings = Settings(model_repository=tmp_path, broker_url="redis://127.0.0.1:6379/14", queue_prefix="p",
+                        worker=WorkerSettings(queues=["vae", "gan"]))
+    assert worker_queues(settings) == ["p.vae", "p.gan", "p.bulk.vae", "p.bulk.gan"]
+    app = create_app(settings)
+    assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
+    assert "genserve.run_chunk" in app.tasks
