@@ -13,6 +13,27 @@ from genserve.workers.jobs.runner import ChunkRunner
 from genserve.workers.runtime import ModelCache
 
 
+REDIS_RETRY_S = 60.0  # how long a chunk waits for Redis to come back before it fails
+
+
+def _through_outages(run: Callable[[], str]) -> str:
+    """Run, retrying while Redis is unreachable (a restart): a chunk that failed on a dead
+    connection would be acked and lost once the broker is back, with nothing to re-run it.
+    Re-running is safe: a finished chunk is skipped, a shard is rewritten with the same bytes."""
+    import time
+
+    import redis
+
+    end = time.monotonic() + REDIS_RETRY_S
+    while True:
+        try:
+            return run()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(1.0)
+
+
 def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], ModelCache]) -> None:
     """`cache()` is the process's model cache, shared with the online task (one session per model)."""
     from genserve.workers.tasks import execute
@@ -27,7 +48,7 @@ def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], Mod
 
     @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_chunk(self: Any, payload: dict[str, Any]) -> str:
-        outcome = runner().run(payload)
+        outcome = _through_outages(lambda: runner().run(payload))
         if outcome == "retry":  # a fresh message at the back of the bulk queue; this one is acked
             queue = (self.request.delivery_info or {}).get("routing_key")
             run_chunk.apply_async(args=[payload], queue=queue, routing_key=queue)
