@@ -197,6 +197,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         install(settings.broker_url, settings.worker.visibility_timeout_s)
+    from genserve.workers.app import bulk_queues
+    from genserve.workers.jobs.task import start_bulk_consumer
+
+    start_bulk_consumer(app, settings, bulk_queues(settings))  # batch-job chunks, beside the online tasks
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),

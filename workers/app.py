@@ -46,9 +46,6 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
             # default); scan every interval instead so a dead worker's batch returns quickly.
             "unacked_restore_interval": settings.worker.restore_interval_s,
             "unacked_restore_throttle": 1,
-            # Queues in the order given (online queues first, then `<prefix>.bulk.<model>`),
-            # not round robin: a worker takes an online request before the next job chunk.
-            "queue_order_strategy": "priority",
         },
         result_expires=settings.result_expires_s,
         task_default_queue=f"{settings.queue_prefix}.default",
@@ -90,7 +87,12 @@ def worker_pool(settings: Settings) -> tuple[str, int]:
 
 
 def worker_queues(settings: Settings) -> list[str]:
-    """Queues this worker consumes: the configured models, or every model in the repository;
-    their online queues first, then their batch-job queues (consumed in this order)."""
+    """Queues this worker consumes: the configured models, or every model in the repository."""
     names = settings.worker.queues or ModelRepository(settings.model_repository).names()
-    return [settings.queue_for(name) for name in names] + [bulk_queue_name(settings.queue_prefix, n) for n in names]
+    return [settings.queue_for(name) for name in names]
+
+
+def bulk_queues(settings: Settings) -> list[str]:
+    """The batch-job queues of the same models, consumed by the bulk thread (workers/jobs/bulk.py)."""
+    names = settings.worker.queues or ModelRepository(settings.model_repository).names()
+    return [bulk_queue_name(settings.queue_prefix, name) for name in names]

@@ -36,13 +36,30 @@ def test_shard_writer_writes_np_save_bytes_and_their_sha256(tmp_path: Path):
     assert again == layout.npz_bytes({"images": images})  # no timestamps in .npz shards
 
 
-def test_workers_consume_online_queues_before_bulk_queues(tmp_path: Path):
-    """worker_queues lists every online queue, then the bulk queues; the transport keeps that order."""
-    from genserve.workers.app import create_app, worker_queues
+def test_workers_consume_online_queues_in_celery_and_bulk_queues_on_their_own_thread(tmp_path: Path):
+    """Celery consumes the online queues; the bulk queues go to the bulk thread; run_chunk stays registered."""
+    from genserve.workers.app import bulk_queues, create_app, worker_queues
 
     settings = Settings(model_repository=tmp_path, broker_url="redis://127.0.0.1:6379/14", queue_prefix="p",
                         worker=WorkerSettings(queues=["vae", "gan"]))
-    assert worker_queues(settings) == ["p.vae", "p.gan", "p.bulk.vae", "p.bulk.gan"]
-    app = create_app(settings)
-    assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
-    assert "genserve.run_chunk" in app.tasks
+    assert worker_queues(settings) == ["p.vae", "p.gan"]
+    assert bulk_queues(settings) == ["p.bulk.vae", "p.bulk.gan"]
+    assert "genserve.run_chunk" in create_app(settings).tasks
+
+
+def test_a_chunk_yields_while_an_online_task_runs_and_only_within_its_budget():
+    """Yielder waits while OnlineTasks is busy, returns at once when idle, and stops after MAX_PAUSE_S."""
+    import time
+
+    from genserve.workers.jobs import bulk
+
+    online = bulk.OnlineTasks()
+    pause = bulk.Yielder(online)
+    started = time.monotonic()
+    pause()
+    assert time.monotonic() - started < 0.01
+    online._count = 1
+    pause.budget = 0.05
+    started = time.monotonic()
+    pause()
+    assert 0.04 < time.monotonic() - started < 1.0 and pause.budget <= 0

@@ -43,8 +43,12 @@ class ChunkRunner:
         self.store = store
         self.execute = execute
         self.fsync = fsync  # fsync shards before renaming them (jobs.fsync)
+        self._pause: Callable[[], None] = lambda: None
 
-    def run(self, payload: dict[str, Any]) -> str:
+    def run(self, payload: dict[str, Any], pause: Callable[[], None] | None = None) -> str:
+        """`pause()` is called between the chunk's ONNX calls (the bulk consumer yields to
+        online tasks there)."""
+        self._pause = pause or (lambda: None)
         job_id, chunk = payload["job"], int(payload["chunk"])
         record = self.store.get(job_id)
         if record is None or record["state"] not in ACTIVE or self.store.is_done(job_id, chunk):
@@ -104,6 +108,7 @@ class ChunkRunner:
         writer, parts, provider, files = None, [], "", []
         try:
             for first in range(start, start + count, SUB_BATCH):
+                self._pause()
                 n = min(SUB_BATCH, start + count - first)
                 request = {"count": n, "seed": spec["seed"], "first_index": first, "label": spec.get("label"),
                            "latents": None, "tensor": True, "png": False, "return_latents": False}

@@ -34,6 +34,25 @@ def _through_outages(run: Callable[[], str]) -> str:
             time.sleep(1.0)
 
 
+def start_bulk_consumer(app: Celery, settings: Settings, queues: list[str]) -> Any:
+    """Run chunks of `queues` on a thread of this worker process, yielding to online tasks."""
+    from genserve.protocol import TASK_NAME
+    from genserve.workers.jobs.bulk import BulkConsumer, OnlineTasks
+
+    online = OnlineTasks()
+    online.connect(TASK_NAME)
+
+    def run(payload: dict[str, Any], pause: Callable[[], None]) -> str:
+        return _through_outages(lambda: app.chunk_runner().run(payload, pause))
+
+    def republish(queue: str, payload: dict[str, Any]) -> None:
+        app.send_task(CHUNK_TASK_NAME, args=[payload], queue=queue, routing_key=queue)
+
+    consumer = BulkConsumer(settings.broker_url, dict(app.conf.broker_transport_options), queues, run, republish, online)
+    consumer.start()
+    return consumer
+
+
 def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], ModelCache]) -> None:
     """`cache()` is the process's model cache, shared with the online task (one session per model)."""
     from genserve.workers.tasks import execute
@@ -45,6 +64,8 @@ def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], Mod
             store = RedisJobStore(settings.backend_url, job_key_prefix(settings.queue_prefix))
             state["runner"] = ChunkRunner(store, lambda payload: execute(payload, cache()), settings.jobs.fsync)
         return state["runner"]
+
+    app.chunk_runner = runner  # the bulk consumer thread (workers/jobs/bulk.py) runs chunks with it
 
     @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_chunk(self: Any, payload: dict[str, Any]) -> str:
