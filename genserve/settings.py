@@ -97,6 +97,9 @@ class JobSettings(BaseModel):
     max_upload_mb: int = 512  # largest input file uploaded over gRPC
     free_space_margin_mb: int = 64  # left free on the volume after a job's estimated bytes
     poll_interval_s: float = 0.5  # how often WatchJob re-reads a job's progress
+    # A job without progress this long is checked for chunks that have no message anywhere
+    # (lost by a worker killed mid-BRPOP) and those are published again.
+    stall_s: float = 60.0
     # fsync each shard before its rename: survives a machine losing power, not only a killed
     # process (rename alone does that). Off: it took about a third of a VAE chunk's time here.
     fsync: bool = False

@@ -42,6 +42,22 @@ return removed
 """
 
 
+# KEYS: queue, kombu's unacked hash; ARGV: the job's marker. The chunk numbers of the job's
+# messages waiting in the queue or held (unacked) by a worker.
+_PENDING = """
+local found = {}
+local function scan(items)
+  for _, item in ipairs(items) do
+    local s, e = string.find(item, ARGV[1], 1, true)
+    if s then found[#found + 1] = string.match(item, "^(%d+)", e + 1) end
+  end
+end
+scan(redis.call('LRANGE', KEYS[1], 0, -1))
+scan(redis.call('HVALS', KEYS[2]))
+return found
+"""
+
+
 def _marker(job_id: str) -> str:
     return f"<job {job_id} chunk "  # in each message's argsrepr header (plain JSON)
 
@@ -56,6 +72,7 @@ class CeleryChunkPublisher:
         self._dumps = dumps
         self._origin = f"genserve-gateway@{socket.gethostname()}:{os.getpid()}"
         self._withdraw = self._client.register_script(_WITHDRAW)
+        self._pending = self._client.register_script(_PENDING)
 
     def encode(self, queue: str, payload: ChunkPayload) -> bytes:
         task_id = uuid.uuid4().hex
@@ -83,6 +100,10 @@ class CeleryChunkPublisher:
         it skips them when it sees the state)."""
         return int(self._withdraw(keys=[queue], args=[_marker(job_id)]))
 
+    def pending(self, queue: str, job_id: str) -> set[int] | None:
+        """Chunks of the job that have a message: waiting in `queue` or held by a worker."""
+        return {int(c) for c in self._pending(keys=[queue, "unacked"], args=[_marker(job_id)])}
+
     def close(self) -> None:
         self._client.close()
 
@@ -100,6 +121,9 @@ class LocalChunkPublisher:
 
     def withdraw(self, queue: str, job_id: str) -> int:
         return 0  # queued chunks see the cancelled state and return at once
+
+    def pending(self, queue: str, job_id: str) -> set[int] | None:
+        return None  # unknown: the pool holds them; nothing is lost in this process
 
     def _one(self, payload: dict[str, Any]) -> None:
         try:

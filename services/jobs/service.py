@@ -236,21 +236,45 @@ class JobService:
                         self.republish(record)
                     elif self.store.chunks_done(job_id) >= record["chunks"]:
                         results.finalize(self.store, job_id)
+                    elif now - record["updated"] > self.jobs.stall_s:
+                        self.recover_lost(record)
                 elif record["finished"] and now - record["finished"] > self.jobs.retention_hours * 3600:
                     shutil.rmtree(record["dir"], ignore_errors=True)
                     self.store.delete(job_id)
                     log.info("job %s expired: record and files deleted", job_id)
 
-    def republish(self, record: dict[str, Any]) -> None:
-        """Publish every chunk not done yet (a chunk published twice runs once: SADD)."""
+    def republish(self, record: dict[str, Any], only: set[int] | None = None) -> int:
+        """Publish every chunk not done yet, or those of `only` (a chunk published twice runs
+        once: SADD); how many."""
         spec = results.spec_of(record)
         total, size = record["total"], record["chunk_size"]
         offsets = inputs.plan_jsonl(Path(spec["input"]), size)[1] if spec.get("input_format") == "jsonl" else None
         done = self.store.done_chunks(record["id"])
-        chunks = [c for c in planner._chunks(record["id"], total, size, offsets) if c["chunk"] not in done]
-        self.publisher.publish(bulk_queue_name(self.settings.queue_prefix, record["model"].split(":")[0]), chunks)
+        chunks = [c for c in planner._chunks(record["id"], total, size, offsets)
+                  if c["chunk"] not in done and (only is None or c["chunk"] in only)]
+        self.publisher.publish(self._queue(record), chunks)
         self.store.update(record["id"], enqueued=1)
-        log.warning("job %s: re-published %d chunks of a submit that was cut off", record["id"], len(chunks))
+        if only is None:
+            log.warning("job %s: re-published %d chunks of a submit that was cut off", record["id"], len(chunks))
+        return len(chunks)
+
+    def _queue(self, record: dict[str, Any]) -> str:
+        return bulk_queue_name(self.settings.queue_prefix, record["model"].split(":")[0])
+
+    def recover_lost(self, record: dict[str, Any]) -> None:
+        """A job without progress for jobs.stall_s: re-publish the chunks that are neither done
+        nor have a message anywhere (queued or held by a worker). kombu's Redis transport
+        loses a message popped by BRPOP for a worker killed before it stored it as unacked."""
+        pending = self.publisher.pending(self._queue(record), record["id"])
+        if pending is None:
+            return
+        done = self.store.done_chunks(record["id"])
+        lost = set(range(record["chunks"])) - done - pending
+        if lost:
+            self.republish(record, only=lost)
+            log.warning("job %s: re-published %d chunks whose messages were lost: %s", record["id"], len(lost),
+                        sorted(lost)[:10])
+        self.store.update(record["id"], updated=time.time())  # look again one stall_s from now
 
 
 def create_job_service(settings: Settings, catalog: ModelCatalog, dispatcher: Any) -> JobService:

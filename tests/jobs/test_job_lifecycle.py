@@ -58,7 +58,7 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(repo: Path, redis_ur
     client = redis.Redis.from_url(redis_url)
     workers = [WorkerProcess(repo, redis_url, prefix, env=FAST_RESTORE) for _ in range(2)]
     try:
-        with JobsGateway(jobs_settings(repo, redis_url, prefix, tmp_path)) as gw:
+        with JobsGateway(jobs_settings(repo, redis_url, prefix, tmp_path, stall_s=4)) as gw:
             gw.wait_for_model("vae")
             job = gw.submit(model="vae", count=24_000, seed=11, chunk_size=400)
             _wait_until(lambda: any(b"bulk.vae" in v for v in client.hvals("unacked")), what="a chunk in flight")
@@ -118,6 +118,11 @@ def test_embedded_mode_runs_a_job_with_the_same_bytes(repo: Path, tmp_path: Path
         assert np.array_equal(alone, images[200:250])
         listed = gw.jobs.ListJobs(jobs_pb2.ListJobsRequest(state=jobs_pb2.JOB_STATE_SUCCEEDED), timeout=10)
         assert [j.id for j in listed.jobs] == [job.id]
+        more = [gw.wait(gw.submit(model="vae", count=5, seed=s).id).id for s in range(3)]
+        first = gw.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=2), timeout=10)
+        second = gw.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=2, page_token=first.next_page_token), timeout=10)
+        assert [j.id for j in first.jobs] == more[::-1][:2] and first.next_page_token
+        assert [j.id for j in second.jobs] == [more[0], job.id] and not second.next_page_token
 
 
 def test_chunk_failing_every_time_stops_after_max_attempts_and_names_itself(repo: Path, tmp_path: Path):

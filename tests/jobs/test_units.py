@@ -63,3 +63,24 @@ def test_a_chunk_yields_while_an_online_task_runs_and_only_within_its_budget():
     started = time.monotonic()
     pause()
     assert 0.04 < time.monotonic() - started < 1.0 and pause.budget <= 0
+
+
+def test_publisher_finds_withdraws_and_counts_a_jobs_pending_chunk_messages(redis_url: str, queue_prefix: str):
+    """pending() names the job's queued chunks only; withdraw() removes exactly those, keeping the others."""
+    import redis
+
+    from genserve.protocol import ChunkPayload
+    from genserve.services.jobs.publisher import CeleryChunkPublisher
+    from genserve.workers.app import create_app
+
+    settings = Settings(broker_url=redis_url, queue_prefix=queue_prefix)
+    publisher = CeleryChunkPublisher(create_app(settings, with_results=False), redis_url)
+    queue = f"{queue_prefix}.bulk.units"
+    mine = [ChunkPayload(job="job-a1", chunk=k, start=k, count=1, offset=0) for k in (0, 7, 12)]
+    publisher.publish(queue, [*mine, ChunkPayload(job="job-b2", chunk=3, start=0, count=1, offset=0)])
+    try:
+        assert publisher.pending(queue, "job-a1") == {0, 7, 12}
+        assert publisher.withdraw(queue, "job-a1") == 3
+        assert publisher.pending(queue, "job-a1") == set() and publisher.pending(queue, "job-b2") == {3}
+    finally:
+        redis.Redis.from_url(redis_url).delete(queue)
