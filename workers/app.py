@@ -46,6 +46,9 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
             # default); scan every interval instead so a dead worker's batch returns quickly.
             "unacked_restore_interval": settings.worker.restore_interval_s,
             "unacked_restore_throttle": 1,
+            # A worker killed while restoring leaves kombu's restore mutex held, and no message
+            # of any worker comes back until it expires (300 s by default); a restore takes ms.
+            "unacked_mutex_expire": 10,
         },
         result_expires=settings.result_expires_s,
         task_default_queue=f"{settings.queue_prefix}.default",

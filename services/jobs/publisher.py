@@ -42,18 +42,28 @@ return removed
 """
 
 
-# KEYS: queue, kombu's unacked hash; ARGV: the job's marker. The chunk numbers of the job's
-# messages waiting in the queue or held (unacked) by a worker.
+# KEYS: queue, kombu's unacked hash, its index; ARGV: the job's marker, a cutoff time. The
+# chunk numbers of the job's messages waiting in the queue, or held (unacked) by a worker
+# whose lease is newer than the cutoff (an older one belongs to a dead worker that nothing
+# restored: kombu's restore mutex can be left held by a worker killed mid-restore).
 _PENDING = """
 local found = {}
-local function scan(items)
-  for _, item in ipairs(items) do
-    local s, e = string.find(item, ARGV[1], 1, true)
-    if s then found[#found + 1] = string.match(item, "^(%d+)", e + 1) end
+local function chunk_of(item)
+  local s, e = string.find(item, ARGV[1], 1, true)
+  if s then return string.match(item, "^(%d+)", e + 1) end
+end
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local c = chunk_of(item)
+  if c then found[#found + 1] = c end
+end
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  local c = chunk_of(held[i + 1])
+  if c then
+    local leased = redis.call('ZSCORE', KEYS[3], held[i])
+    if leased and tonumber(leased) >= tonumber(ARGV[2]) then found[#found + 1] = c end
   end
 end
-scan(redis.call('LRANGE', KEYS[1], 0, -1))
-scan(redis.call('HVALS', KEYS[2]))
 return found
 """
 
@@ -100,9 +110,13 @@ class CeleryChunkPublisher:
         it skips them when it sees the state)."""
         return int(self._withdraw(keys=[queue], args=[_marker(job_id)]))
 
-    def pending(self, queue: str, job_id: str) -> set[int] | None:
-        """Chunks of the job that have a message: waiting in `queue` or held by a worker."""
-        return {int(c) for c in self._pending(keys=[queue, "unacked"], args=[_marker(job_id)])}
+    def pending(self, queue: str, job_id: str, stale_s: float = 60.0) -> set[int] | None:
+        """Chunks of the job that have a message: waiting in `queue`, or held by a worker that
+        took or renewed it within `stale_s`."""
+        import time
+
+        keys = [queue, "unacked", "unacked_index"]
+        return {int(c) for c in self._pending(keys=keys, args=[_marker(job_id), time.time() - stale_s])}
 
     def close(self) -> None:
         self._client.close()
@@ -122,7 +136,7 @@ class LocalChunkPublisher:
     def withdraw(self, queue: str, job_id: str) -> int:
         return 0  # queued chunks see the cancelled state and return at once
 
-    def pending(self, queue: str, job_id: str) -> set[int] | None:
+    def pending(self, queue: str, job_id: str, stale_s: float = 60.0) -> set[int] | None:
         return None  # unknown: the pool holds them; nothing is lost in this process
 
     def _one(self, payload: dict[str, Any]) -> None:

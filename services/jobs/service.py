@@ -263,9 +263,10 @@ class JobService:
 
     def recover_lost(self, record: dict[str, Any]) -> None:
         """A job without progress for jobs.stall_s: re-publish the chunks that are neither done
-        nor have a message anywhere (queued or held by a worker). kombu's Redis transport
-        loses a message popped by BRPOP for a worker killed before it stored it as unacked."""
-        pending = self.publisher.pending(self._queue(record), record["id"])
+        nor have a live message (queued, or held by a worker within stall_s). kombu's Redis
+        transport loses a message popped by BRPOP for a worker killed before it stored it as
+        unacked, and a worker killed mid-restore leaves kombu's restore mutex held."""
+        pending = self.publisher.pending(self._queue(record), record["id"], self.jobs.stall_s)
         if pending is None:
             return
         done = self.store.done_chunks(record["id"])
