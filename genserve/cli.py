@@ -10,6 +10,7 @@
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
     genserve classify textclf "Return the base name of a path."
     genserve health --address 127.0.0.1:50051   exit 0 when the gateway is SERVING
+    genserve job submit vae --count 1000000 --seed 42 --watch    (then: job fetch ID, list, cancel)
 
 Settings come from GENSERVE_* environment variables; the flags below override them.
 """
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genserve.jobs.cli import add_parser as add_job_parser, cmd_job
 from genserve.settings import Settings
 
 
@@ -122,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+")
     classify.add_argument("--top-k", type=int, default=1)
     _client_flags(classify)
+
+    add_job_parser(sub, _client_flags)
     return parser
 
 
@@ -215,6 +219,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         install(settings.broker_url, settings.worker.visibility_timeout_s)
+    from genserve.workers.app import bulk_queues
+    from genserve.workers.jobs.task import start_bulk_consumer
+
+    start_bulk_consumer(app, settings, bulk_queues(settings))  # batch-job chunks, beside the online tasks
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--pool", pool,
         "--concurrency", str(concurrency),
@@ -327,7 +335,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings | None = None) -> in
 
 COMMANDS = {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "train": cmd_build,
             "export": cmd_build, "models": cmd_models, "import-hf": cmd_import_hf}
-CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify, "health": cmd_health}
+CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_classify, "health": cmd_health,
+                   "job": cmd_job}
 
 
 def main(argv: list[str] | None = None) -> int:

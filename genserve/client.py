@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from genserve.rpc import GenserveRpcError, guard
+from genserve.jobs.client import JobCalls
 from genserve.tensors import from_proto
 from genserve.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 
@@ -62,7 +63,7 @@ def _tokens(tokens: Any) -> list[tuple[int, str, float]]:
     return [(t.id, t.text, t.logprob) for t in tokens]
 
 
-class Client:
+class Client(JobCalls):  # JobCalls: submit_job, watch_job, get_job, list_jobs, cancel_job, fetch_job
     def __init__(self, address: str, timeout_s: float = 60.0) -> None:
         self.channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),

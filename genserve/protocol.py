@@ -126,6 +126,42 @@ RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend key of a ta
 STREAM_PREFIX = "genserve:stream:"  # + a stream id: channel of one generation's token chunks
 
 
+CHUNK_TASK_NAME = "genserve.run_chunk"  # one chunk of a batch job (genserve.workers.jobs)
+
+
+def bulk_queue_name(prefix: str, model: str) -> str:
+    """The queue of a model's batch-job chunks: `<prefix>.bulk.<model name>`. Workers list it
+    after the model's online queue and consume with kombu's `priority` order, so online
+    requests waiting on the same worker go first."""
+    return f"{prefix}.bulk.{model}"
+
+
+def job_key_prefix(prefix: str) -> str:
+    """Where batch jobs live in Redis (genserve.jobs.store): `<prefix>:job:`..."""
+    return f"{prefix}:job"
+
+
+class JobOp(str, Enum):
+    """What an input-file job runs per input line: the online op it reuses."""
+
+    GENERATE_IMAGES = "generate_images"  # generator jobs: no input file
+    CLASSIFY = "classify"  # text classifier (JSONL) or image classifier (.npy/.npz/PNGs)
+    DENOISE = "denoise"  # image_to_image (.npy/.npz/PNGs)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ChunkPayload(TypedDict):
+    """One chunk task message: everything else is read from the job's record in Redis."""
+
+    job: str  # job id
+    chunk: int  # chunk index, 0..chunks-1
+    start: int  # first item (sample index or input line)
+    count: int  # items in this chunk
+    offset: int  # byte offset of line `start` in a JSONL input, 0 otherwise
+
+
 def queue_name(prefix: str, model: str) -> str:
     """The Celery queue of a model's online requests: `<prefix>.<model name>`."""
     return f"{prefix}.{model}"

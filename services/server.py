@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from genserve.services.dispatch import Dispatcher
 from genserve.services.metrics import MetricsInterceptor
 from genserve.services.catalog import ModelCatalog
 from genserve.services.open_inference import SERVICE_NAME as OPEN_INFERENCE, OpenInferenceServicer
+from genserve.services.jobs.service import create_job_service
 from genserve.services.servicer import InferenceServicer, JobServicer, ModelServicer
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
@@ -39,6 +41,7 @@ class Gateway:
     health: health.HealthServicer
     watcher: asyncio.Task | None = None
     metrics_port: int | None = None  # where /metrics listens; None: off
+    jobs: Any = None  # the JobService (services/jobs/service.py)
 
     HEALTH_INTERVAL_S = 2.0  # how often the broker is pinged for the health status
 
@@ -65,6 +68,8 @@ class Gateway:
             self.watcher.cancel()
         await self.set_health(False)
         await self.server.stop(grace_s)
+        if self.jobs is not None:
+            await self.jobs.close()
         await self.dispatcher.close()
         self.dispatcher.metrics.close()
 
@@ -100,6 +105,8 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)
+    jobs = create_job_service(settings, catalog, dispatcher)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
@@ -112,6 +119,8 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     if settings.gateway.metrics_port is not None:
         gateway.metrics_port = dispatcher.metrics.serve(settings.gateway.host, settings.gateway.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.gateway.host, gateway.metrics_port)
+    gateway = Gateway(server, port, dispatcher, health_servicer, jobs=jobs)
+    jobs.start()
     await gateway.set_health(True)
     gateway.watcher = asyncio.get_running_loop().create_task(gateway.watch_broker())
     mode = "embedded (no broker)" if settings.embedded else f"broker {settings.broker_url}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 
@@ -139,25 +139,37 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    """Batch jobs are designed in the API; the implementation lands with the jobs issue."""
+    """Batch jobs; the logic is genserve.services.jobs.service.JobService."""
+
+    def __init__(self, jobs: Any) -> None:
+        self.jobs = jobs
 
     @unary
     async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        raise _later("SubmitJob", "the batch-jobs issue; GenerateImages serves up to 4096 images per call")
+        return await self.jobs.submit(request)
 
     @unary
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        raise _later("GetJob", "the batch-jobs issue")
+        return await self.jobs.get(request.id)
 
     @streaming
     async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.Job]:
-        raise _later("WatchJob", "the batch-jobs issue")
-        yield  # pragma: no cover
+        async for job in self.jobs.watch(request.id):
+            yield job
 
     @unary
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        raise _later("CancelJob", "the batch-jobs issue")
+        return await self.jobs.cancel(request.id)
 
     @unary
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        raise _later("ListJobs", "the batch-jobs issue")
+        return await self.jobs.list(request)
+
+    @unary
+    async def UploadInput(self, request_iterator: AsyncIterator[jobs_pb2.UploadInputChunk], context: grpc.aio.ServicerContext) -> jobs_pb2.UploadInputResponse:
+        return await self.jobs.upload(request_iterator)
+
+    @streaming
+    async def FetchResult(self, request: jobs_pb2.FetchResultRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.ResultChunk]:
+        async for chunk in self.jobs.fetch(request):
+            yield chunk

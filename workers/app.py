@@ -9,13 +9,16 @@ CPU workers by which queues each worker consumes.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
-from genserve.protocol import Loop
+from genserve.protocol import Loop, bulk_queue_name
 from genserve.redis_urls import tls_options
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
 from genserve.workers.autoregressive.streaming import RedisStreamSink
+from genserve.workers.jobs.task import register_chunk_task
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import register_tasks
 
@@ -44,6 +47,9 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
             # default); scan every interval instead so a dead worker's batch returns quickly.
             "unacked_restore_interval": settings.worker.restore_interval_s,
             "unacked_restore_throttle": 1,
+            # A worker killed while restoring leaves kombu's restore mutex held, and no message
+            # of any worker comes back until it expires (300 s by default); a restore takes ms.
+            "unacked_mutex_expire": 10,
         },
         result_expires=settings.result_expires_s,
         task_default_queue=f"{settings.queue_prefix}.default",
@@ -63,7 +69,15 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
     )
     repository = ModelRepository(settings.model_repository)
     streams = RedisStreamSink(settings.backend_url)  # token chunks of streamed generations
-    register_tasks(app, lambda: ModelCache(repository, settings.worker, streams=streams))
+    caches: dict[int, ModelCache] = {}  # one per process (after any fork), shared by both tasks
+
+    def cache() -> ModelCache:
+        if os.getpid() not in caches:
+            caches[os.getpid()] = ModelCache(repository, settings.worker, streams=streams)
+        return caches[os.getpid()]
+
+    register_tasks(app, cache)
+    register_chunk_task(app, settings, cache)
     return app
 
 
@@ -85,3 +99,9 @@ def worker_queues(settings: Settings) -> list[str]:
     """Queues this worker consumes: the configured models, or every model in the repository."""
     names = settings.worker.queues or ModelRepository(settings.model_repository).names()
     return [settings.queue_for(name) for name in names]
+
+
+def bulk_queues(settings: Settings) -> list[str]:
+    """The batch-job queues of the same models, consumed by the bulk thread (workers/jobs/bulk.py)."""
+    names = settings.worker.queues or ModelRepository(settings.model_repository).names()
+    return [bulk_queue_name(settings.queue_prefix, name) for name in names]

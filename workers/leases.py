@@ -53,6 +53,13 @@ class LeaseKeeper:
         with self._lock:
             self._held[tag] = until
 
+    def release(self, tag: str) -> None:
+        """Stop renewing `tag`: its task has finished. If its ack then fails (the broker
+        connection was lost meanwhile), the message comes back one visibility timeout later
+        instead of being renewed until its deadline (an hour for messages without one)."""
+        with self._lock:
+            self._held.pop(tag, None)
+
     def held(self) -> list[str]:
         with self._lock:
             return list(self._held)
@@ -103,14 +110,24 @@ def _expiry(value: Any) -> float | None:
 def install(broker_url: str, visibility_timeout_s: float, key: str = UNACKED_INDEX) -> LeaseKeeper:
     """Start renewing the lease of every message this worker process receives."""
     import redis
-    from celery.signals import task_received
+    from celery.signals import task_postrun, task_received
 
     keeper = LeaseKeeper(redis.Redis.from_url(broker_url), visibility_timeout_s, key)
+
+    tags: dict[str, str] = {}  # task id -> delivery tag, to release when the task finishes
 
     def received(sender: Any = None, request: Any = None, **_: Any) -> None:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag is not None:
             keeper.hold(str(tag), _expiry(getattr(request, "expires", None)))
+            tags[str(getattr(request, "id", ""))] = str(tag)
+
+    def finished(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        # solo and threads pools: the task ran in this process (prefork children have no keeper)
+        tag = tags.pop(str(task_id), None)
+        if tag is not None:
+            keeper.release(tag)
 
     task_received.connect(received, weak=False, dispatch_uid="genserve-leases")
+    task_postrun.connect(finished, weak=False, dispatch_uid="genserve-leases-release")
     return keeper

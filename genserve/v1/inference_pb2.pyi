@@ -29,7 +29,7 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
 
 class GenerateImagesRequest(_message.Message):
-    __slots__ = ("model", "count", "seed", "label", "latents", "encoding", "return_latents")
+    __slots__ = ("model", "count", "seed", "label", "latents", "encoding", "return_latents", "first_index")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class GenerateImagesRequest(_message.Message):
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     RETURN_LATENTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     model: str
     count: int
     seed: int
@@ -44,7 +45,8 @@ class GenerateImagesRequest(_message.Message):
     latents: _tensor_pb2.Tensor
     encoding: ImageEncoding
     return_latents: bool
-    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., label: _Optional[int] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., return_latents: _Optional[bool] = ...) -> None: ...
+    first_index: int
+    def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., label: _Optional[int] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., return_latents: _Optional[bool] = ..., first_index: _Optional[int] = ...) -> None: ...
 
 class GenerateImagesResponse(_message.Message):
     __slots__ = ("images", "png", "seed", "model", "latents")

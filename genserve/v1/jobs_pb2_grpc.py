@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class JobServiceStub:
-    """Batch jobs: submit, follow progress, cancel.
+    """Batch jobs: submit, follow progress, cancel, fetch results.
     """
 
     def __init__(self, channel):
@@ -60,10 +60,20 @@ class JobServiceStub:
                 request_serializer=genserve_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/genserve.v1.JobService/UploadInput',
+                request_serializer=genserve_dot_v1_dot_jobs__pb2.UploadInputChunk.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_jobs__pb2.UploadInputResponse.FromString,
+                _registered_method=True)
+        self.FetchResult = channel.unary_stream(
+                '/genserve.v1.JobService/FetchResult',
+                request_serializer=genserve_dot_v1_dot_jobs__pb2.FetchResultRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_jobs__pb2.ResultChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
-    """Batch jobs: submit, follow progress, cancel.
+    """Batch jobs: submit, follow progress, cancel, fetch results.
     """
 
     def SubmitJob(self, request, context):
@@ -97,6 +107,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadInput(self, request_iterator, context):
+        """Uploads an input file (at most jobs.max_upload_mb) for an InputFileJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchResult(self, request, context):
+        """Streams one result file of a job (the manifest lists the others with their sha256).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +149,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=genserve_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
             ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=genserve_dot_v1_dot_jobs__pb2.UploadInputChunk.FromString,
+                    response_serializer=genserve_dot_v1_dot_jobs__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=genserve_dot_v1_dot_jobs__pb2.FetchResultRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_jobs__pb2.ResultChunk.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'genserve.v1.JobService', rpc_method_handlers)
@@ -134,7 +168,7 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService:
-    """Batch jobs: submit, follow progress, cancel.
+    """Batch jobs: submit, follow progress, cancel, fetch results.
     """
 
     @staticmethod
@@ -262,6 +296,60 @@ class JobService:
             '/genserve.v1.JobService/ListJobs',
             genserve_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             genserve_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/genserve.v1.JobService/UploadInput',
+            genserve_dot_v1_dot_jobs__pb2.UploadInputChunk.SerializeToString,
+            genserve_dot_v1_dot_jobs__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genserve.v1.JobService/FetchResult',
+            genserve_dot_v1_dot_jobs__pb2.FetchResultRequest.SerializeToString,
+            genserve_dot_v1_dot_jobs__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
             insecure,

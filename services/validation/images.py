@@ -36,6 +36,7 @@ class GenerateImagesInput(BaseModel):
     tensor: bool
     png: bool
     return_latents: bool
+    first_index: int = 0  # sample index of the first image in the seed's sequence (genserve/seeds.py)
 
     @field_validator("latents")
     @classmethod
@@ -83,6 +84,7 @@ class GenerateImagesInput(BaseModel):
             "tensor": self.tensor,
             "png": self.png,
             "return_latents": self.return_latents,
+            "first_index": self.first_index,
         }
 
 
@@ -106,7 +108,10 @@ def generate_images(request: inference_pb2.GenerateImagesRequest, manifest: Mani
         "tensor": tensor,
         "png": png,
         "return_latents": request.return_latents,
+        "first_index": request.first_index if request.HasField("first_index") else 0,
     }
+    if raw["first_index"] + count > 2**64:
+        raise InvalidArgumentError(f"first_index + count must be at most 2**64, got {raw['first_index'] + count}")
     return validate(GenerateImagesInput, raw, manifest, limits)
 
 

@@ -119,13 +119,13 @@ def test_wrong_latent_shape_and_nan_latents_are_invalid(gateway):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "needs 32" in message
 
 
-def test_rpc_a_model_does_not_serve_is_invalid_and_unbuilt_rpcs_are_unimplemented(gateway):
-    """Denoise on a VAE names the RPC it serves; job RPCs answer UNIMPLEMENTED clearly."""
+def test_rpc_a_model_does_not_serve_is_invalid_and_an_empty_job_is_invalid(gateway):
+    """Denoise on a VAE names the RPC it serves; a SubmitJob without a job names the kinds."""
     code, message = status_of(lambda: gateway.inference.Denoise(inference_pb2.DenoiseRequest(model="vae"), timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "serves GenerateImages" in message
     jobs = jobs_pb2_grpc.JobServiceStub(gateway.channel)
     code, message = status_of(lambda: jobs.SubmitJob(jobs_pb2.SubmitJobRequest(), timeout=5))
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "not implemented yet" in message
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "generate_images or input_file" in message
 
 
 def test_expired_deadline_is_deadline_exceeded(gateway):

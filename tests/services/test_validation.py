@@ -74,6 +74,7 @@ def test_valid_request_becomes_a_task_dict() -> None:
         "tensor": True,
         "png": True,
         "return_latents": True,
+        "first_index": 0,
     }
 
 

@@ -13,15 +13,17 @@ from typing import Any
 import numpy as np
 
 from genserve.protocol import Outcome
+from genserve import seeds
 from genserve.tensors import from_wire, png_encode, to_wire
 from genserve.workers.batching import CallLog, Feeds, run_requests
 from genserve.workers.loops.labels import softmax, top_k
 from genserve.workers.runtime import LoadedModel
 
 
-def sample_latents(seed: int, count: int, latent_dim: int) -> np.ndarray:
-    """The seeded draw: row i depends only on (seed, i), never on batch neighbours."""
-    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
+def sample_latents(seed: int, count: int, latent_dim: int, first_index: int = 0) -> np.ndarray:
+    """The seeded draw (genserve/seeds.py): row i is sample first_index + i of `seed`, never
+    dependent on batch neighbours, chunk sizes or workers."""
+    return seeds.latents(seed, first_index, count, latent_dim)
 
 
 def encode_images(images: np.ndarray, request: dict[str, Any], low: float, high: float) -> Outcome:
@@ -41,7 +43,8 @@ def generate_images(loaded: LoadedModel, requests: list[dict[str, Any]], calls: 
         if request.get("latents") is not None:
             z = from_wire(request["latents"], "latents").astype(np.float32)
         else:
-            z = sample_latents(int(request["seed"]), int(request["count"]), manifest.latent_dim)
+            z = sample_latents(int(request["seed"]), int(request["count"]), manifest.latent_dim,
+                               int(request.get("first_index") or 0))
         feeds = {"z": z}
         if manifest.conditional:
             feeds["label"] = np.full(len(z), request["label"], dtype=np.int64)

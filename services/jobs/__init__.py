@@ -1,0 +1,1 @@
+"""The gateway's JobService: validation and planning of job specs, chunk publishing, RPCs."""

@@ -1,0 +1,1 @@
+"""The worker's side of batch jobs: the chunk runner and its Celery task."""
