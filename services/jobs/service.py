@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 from genserve.errors import InvalidArgumentError, JobNotFoundError
 from genserve.jobs import inputs, layout, results
 from genserve.jobs.store import ACTIVE, CANCELLED, TERMINAL, JobStore
-from genserve.protocol import ChunkPayload, bulk_queue_name
+from genserve.protocol import bulk_queue_name
 from genserve.services.jobs import planner
 from genserve.services.jobs.convert import NAMES, to_proto
 from genserve.services.catalog import ModelCatalog
