@@ -209,16 +209,26 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
+    failover = None
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        install(settings.broker_url, settings.worker.visibility_timeout_s)
-    app.worker_main([
-        "worker", "--queues", ",".join(queues), "--pool", pool,
-        "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
-        # Heartbeats stay on (one small event every 2 s): they keep the worker's event
-        # dispatcher up, so Flower sees the worker and can turn task events on remotely.
-        "--without-gossip", "--without-mingle",
-    ])
+        keeper = install(settings.broker_url, settings.worker.visibility_timeout_s)
+        if settings.worker.failover_ttl_s > 0:  # a dead worker's messages return in seconds
+            from genserve.workers import failover as failover_module
+
+            failover = failover_module.install(app, settings.broker_url, settings.queue_prefix, keeper.held,
+                                               settings.worker.failover_ttl_s)
+    try:
+        app.worker_main([
+            "worker", "--queues", ",".join(queues), "--pool", pool,
+            "--concurrency", str(concurrency),
+            "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
+            # Heartbeats stay on (one small event every 2 s): they keep the worker's event
+            # dispatcher up, so Flower sees the worker and can turn task events on remotely.
+            "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        if failover is not None:  # after Celery restored its prefetched messages: nothing left behind
+            failover.close()
     return 0
 
 

@@ -62,6 +62,10 @@ class WorkerSettings(BaseModel):
     # this many seconds; the default matches the gateway's default request deadline.
     visibility_timeout_s: int = 30
     restore_interval_s: int = 2  # how often workers look for such messages
+    # Failover (workers/failover.py): each worker beats every ttl/5 s; a worker whose beat is
+    # older than this is dead, and live workers put its messages back on their queues at once
+    # instead of after the visibility timeout. 0: off (the visibility timeout alone).
+    failover_ttl_s: float = 5.0
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
     # Celery pool. auto: `threads` when the worker serves an autoregressive model (its
     # generation tasks wait on one shared decode loop per process, so many must be active at
