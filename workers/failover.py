@@ -6,9 +6,9 @@ acked, and its restore scan puts one back on its queue only once its delivery ti
 it, workers/leases.py). A SIGKILLed worker's batch therefore waited that long, and clients
 with shorter deadlines got DEADLINE_EXCEEDED although a live worker sat idle.
 
-Here each worker process beats: every `interval` seconds one transaction sets its `alive`
-key (TTL `ttl_s`) and writes itself as the owner of each message it holds into one `owners`
-hash (tag -> holder id). Every worker also sweeps: an owner entry whose holder's `alive` key
+Here each worker process writes itself as the owner of each message it receives into one
+`owners` hash (tag -> holder id; one HSET as the message arrives, repeated by every beat) and
+beats: every `interval` seconds it sets its `alive` key (TTL `ttl_s`). Every worker also sweeps: an owner entry whose holder's `alive` key
 is gone belongs to a dead worker, so the sweeper claims it (a Lua script: still that owner,
 holder still dead -> HDEL, atomically, so only one sweeper wins) and restores the message with
 kombu's own `restore_by_tag` (one WATCH/MULTI transaction: HGET unacked, HDEL, ZREM, RPUSH to
@@ -69,6 +69,12 @@ class Failover:
         self.beat()
         self._thread.start()
         return self
+
+    def own(self, tag: str) -> None:
+        """Owner of `tag` now, as the message arrives (a beat could come too late: a worker
+        killed between receiving a message and its next beat would otherwise leave it to the
+        visibility timeout)."""
+        self._client.hset(self.owners, tag, self.holder)
 
     def beat(self) -> None:
         """One heartbeat: alive for `ttl_s` more, owner of every message held."""
@@ -146,5 +152,17 @@ def kombu_restorer(app: Any) -> Callable[[str], None]:
 def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]], ttl_s: float) -> Failover:
     """Start this worker process's heartbeat and sweep (genserve worker)."""
     import redis
+    from celery.signals import task_received
 
-    return Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s).start()
+    failover = Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s).start()
+
+    def received(sender: Any = None, request: Any = None, **_: Any) -> None:
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag is not None:
+            try:
+                failover.own(str(tag))
+            except Exception as exc:  # Redis away: the next beat owns it
+                log.warning("failover: could not own message %s: %s", tag, exc)
+
+    task_received.connect(received, weak=False, dispatch_uid="genserve-failover")
+    return failover
