@@ -25,6 +25,9 @@ class GatewaySettings(BaseModel):
     grace_s: float = 5.0  # in-flight RPCs get this long to finish on SIGTERM
     manifest_ttl_s: float = 2.0  # how stale the gateway's view of the repository may be
     metrics_port: int | None = None  # Prometheus /metrics on host:port; None: off, 0: any free port
+    tls_cert: Path | None = None  # PEM certificate chain: serve TLS instead of plaintext
+    tls_key: Path | None = None  # its PEM private key
+    tls_client_ca: Path | None = None  # PEM CA bundle: mutual TLS, client certificates required
 
 
 class BatchingSettings(BaseModel):
@@ -103,6 +106,15 @@ class LimitSettings(BaseModel):
     max_text_bytes: int = 1_000_000  # UTF-8 bytes of a ScoreText text
 
 
+class AuthSettings(BaseModel):
+    """API keys (services/auth.py); auth is off when no key is configured."""
+
+    api_keys: str | None = None  # `<key> <perm>,<perm>` entries separated by `;` (never logged)
+    api_keys_file: Path | None = None  # the same, one per line, `#` comments
+    open_health: bool = True  # grpc.health.v1 without a key (load balancers)
+    open_reflection: bool = True  # server reflection without a key (grpcurl)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GENSERVE_", env_nested_delimiter="__", extra="ignore"
@@ -119,6 +131,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def embedded(self) -> bool:
