@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
 from genserve.services import auth
+from genserve.services.decoding import DecodingInterceptor
 from genserve.services.dispatch import Dispatcher
 from genserve.services.metrics import MetricsInterceptor
 from genserve.services.catalog import ModelCatalog
@@ -91,7 +92,7 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     """Build and start the gateway; with port 0 the OS picks a free port."""
     limit = settings.gateway.max_message_mb * 1024 * 1024
     dispatcher = dispatcher or Dispatcher(settings)
-    interceptors = [*auth.interceptors(settings.auth), MetricsInterceptor(dispatcher.metrics)]
+    interceptors = [*auth.interceptors(settings.auth), DecodingInterceptor(), MetricsInterceptor(dispatcher.metrics)]
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
