@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-import grpc
 
 from genserve.client import GeneratedImages, GeneratedText, GenserveRpcError, TextScore, _finish_reason, _tokens
 from genserve.rpc import guard_aio
@@ -34,10 +33,11 @@ def _text_request(model: str, prompt: str, max_new_tokens: int, sampling: dict[s
 
 
 class AsyncClient:
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-        ])
+    def __init__(self, address: str, timeout_s: float = 60.0, *, api_key: str | None = None, tls: bool = False,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None) -> None:
+        from genserve.channels import aio_channel
+
+        self.channel = aio_channel(address, api_key=api_key, tls=tls, ca=ca, cert=cert, key=key)
         self.timeout_s = timeout_s
         self.inference = guard_aio(inference_pb2_grpc.InferenceServiceStub(self.channel))
         self.models = guard_aio(models_pb2_grpc.ModelServiceStub(self.channel))

@@ -52,6 +52,23 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
     """Where a client command finds the running gateway, and how long it waits."""
     parser.add_argument("--address", default="127.0.0.1:50051")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--api-key-file", type=Path, help="file holding the API key (or GENSERVE_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="TLS to the gateway (system roots unless --ca)")
+    parser.add_argument("--ca", help="PEM CA bundle that signed the gateway's certificate (implies --tls)")
+    parser.add_argument("--cert", help="PEM client certificate, for mutual TLS (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A Client from the client flags; the key from a file or GENSERVE_API_KEY, never a flag
+    (command lines are visible to every user of the machine)."""
+    import os
+
+    from genserve.client import Client
+
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("GENSERVE_API_KEY")
+    return Client(args.address, timeout_s=args.timeout, api_key=api_key or None, tls=args.tls,
+                  ca=args.ca, cert=args.cert, key=args.key)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,20 +234,30 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
+    failover = None
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        install(settings.broker_url, settings.worker.visibility_timeout_s)
+        keeper = install(settings.broker_url, settings.worker.visibility_timeout_s)
+        if settings.worker.failover_ttl_s > 0:  # a dead worker's messages return in seconds
+            from genserve.workers import failover as failover_module
+
+            failover = failover_module.install(app, settings.broker_url, settings.queue_prefix, keeper.held,
+                                               settings.worker.failover_ttl_s)
     from genserve.workers.app import bulk_queues
     from genserve.workers.jobs.task import start_bulk_consumer
 
     start_bulk_consumer(app, settings, bulk_queues(settings))  # batch-job chunks, beside the online tasks
-    app.worker_main([
-        "worker", "--queues", ",".join(queues), "--pool", pool,
-        "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
-        # Heartbeats stay on (one small event every 2 s): they keep the worker's event
-        # dispatcher up, so Flower sees the worker and can turn task events on remotely.
-        "--without-gossip", "--without-mingle",
-    ])
+    try:
+        app.worker_main([
+            "worker", "--queues", ",".join(queues), "--pool", pool,
+            "--concurrency", str(concurrency),
+            "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
+            # Heartbeats stay on (one small event every 2 s): they keep the worker's event
+            # dispatcher up, so Flower sees the worker and can turn task events on remotely.
+            "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        if failover is not None:  # after Celery restored its prefetched messages: nothing left behind
+            failover.close()
     return 0
 
 
@@ -266,10 +293,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from genserve.client import Client
     from genserve.tensors import grid, png_encode
 
-    with Client(args.address, timeout_s=args.timeout) as client:
+    with _client(args) as client:
         result = client.generate_images(args.model, args.count, seed=args.seed, label=args.label)
     args.output.write_bytes(png_encode(grid(result.images)))
     print(f"wrote {len(result.images)} images from {result.model} (seed {result.seed}) to {args.output}")
@@ -277,12 +303,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
 
 
 def cmd_text(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from genserve.client import Client
-
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "repetition_penalty": args.repetition_penalty, "stop": args.stop, "seed": args.seed}
     reason, seed = "", 0
-    with Client(args.address, timeout_s=args.timeout) as client:
+    with _client(args) as client:
         print(args.prompt, end="", flush=True)
         for chunk in client.stream_text(args.model, args.prompt, args.max_new_tokens, **sampling):
             print(chunk.text, end="", flush=True)
@@ -292,9 +316,7 @@ def cmd_text(args: argparse.Namespace, settings: Settings | None = None) -> int:
 
 
 def cmd_classify(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from genserve.client import Client
-
-    with Client(args.address, timeout_s=args.timeout) as client:
+    with _client(args) as client:
         predictions = client.classify_texts(args.model, args.texts, top_k=args.top_k)
     for text, top in zip(args.texts, predictions):
         labels = ", ".join(f"{label} {p:.3f}" for label, p in top)
@@ -321,7 +343,9 @@ def cmd_health(args: argparse.Namespace, settings: Settings | None = None) -> in
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    from genserve.channels import channel as open_channel
+
+    with open_channel(args.address, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)

@@ -64,10 +64,12 @@ def _tokens(tokens: Any) -> list[tuple[int, str, float]]:
 
 
 class Client(JobCalls):  # JobCalls: submit_job, watch_job, get_job, list_jobs, cancel_job, fetch_job
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-        ])
+    def __init__(self, address: str, timeout_s: float = 60.0, *, api_key: str | None = None, tls: bool = False,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None) -> None:
+        """`api_key`: sent as `authorization: Bearer`; `tls`/`ca`: TLS; `cert`+`key`: mutual TLS."""
+        from genserve.channels import channel
+
+        self.channel = channel(address, api_key=api_key, tls=tls, ca=ca, cert=cert, key=key)
         self.timeout_s = timeout_s
         # Guarded stubs: every method raises GenserveRpcError, not a bare grpc.RpcError.
         self.inference = guard(inference_pb2_grpc.InferenceServiceStub(self.channel))

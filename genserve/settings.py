@@ -25,6 +25,9 @@ class GatewaySettings(BaseModel):
     grace_s: float = 5.0  # in-flight RPCs get this long to finish on SIGTERM
     manifest_ttl_s: float = 2.0  # how stale the gateway's view of the repository may be
     metrics_port: int | None = None  # Prometheus /metrics on host:port; None: off, 0: any free port
+    tls_cert: Path | None = None  # PEM certificate chain: serve TLS instead of plaintext
+    tls_key: Path | None = None  # its PEM private key
+    tls_client_ca: Path | None = None  # PEM CA bundle: mutual TLS, client certificates required
 
 
 class BatchingSettings(BaseModel):
@@ -62,6 +65,10 @@ class WorkerSettings(BaseModel):
     # this many seconds; the default matches the gateway's default request deadline.
     visibility_timeout_s: int = 30
     restore_interval_s: int = 2  # how often workers look for such messages
+    # Failover (workers/failover.py): each worker beats every ttl/5 s; a worker whose beat is
+    # older than this is dead, and live workers put its messages back on their queues at once
+    # instead of after the visibility timeout. 0: off (the visibility timeout alone).
+    failover_ttl_s: float = 5.0
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
     # Celery pool. auto: `threads` when the worker serves an autoregressive model (its
     # generation tasks wait on one shared decode loop per process, so many must be active at
@@ -120,6 +127,15 @@ class JobSettings(BaseModel):
     fsync: bool = False
 
 
+class AuthSettings(BaseModel):
+    """API keys (services/auth.py); auth is off when no key is configured."""
+
+    api_keys: str | None = None  # `<key> <perm>,<perm>` entries separated by `;` (never logged)
+    api_keys_file: Path | None = None  # the same, one per line, `#` comments
+    open_health: bool = True  # grpc.health.v1 without a key (load balancers)
+    open_reflection: bool = True  # server reflection without a key (grpcurl)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GENSERVE_", env_nested_delimiter="__", extra="ignore"
@@ -137,6 +153,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def embedded(self) -> bool:

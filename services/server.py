@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
+from genserve.services import auth
+from genserve.services.decoding import DecodingInterceptor
 from genserve.services.dispatch import Dispatcher
 from genserve.services.metrics import MetricsInterceptor
 from genserve.services.catalog import ModelCatalog
@@ -95,7 +97,8 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     """Build and start the gateway; with port 0 the OS picks a free port."""
     limit = settings.gateway.max_message_mb * 1024 * 1024
     dispatcher = dispatcher or Dispatcher(settings)
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(dispatcher.metrics)], options=[
+    interceptors = [*auth.interceptors(settings.auth), DecodingInterceptor(), MetricsInterceptor(dispatcher.metrics)]
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
@@ -110,7 +113,9 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _enable_reflection(server)
-    port = server.add_insecure_port(f"{settings.gateway.host}:{settings.gateway.port}")
+    address = f"{settings.gateway.host}:{settings.gateway.port}"
+    credentials = auth.server_credentials(settings.gateway)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
     await server.start()

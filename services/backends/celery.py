@@ -23,6 +23,7 @@ from typing import Any
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, QueueFullError
 from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload
 from genserve.services.pubsub import PubSubReader
+from genserve.services.redelivery import LostMessageWatch
 from genserve.services.streams import RedisStreams
 from genserve.settings import Settings
 
@@ -111,8 +112,10 @@ class TaskPublisher:
             "content-type": content_type, "headers": message.headers, "properties": properties,
         }).encode()
 
-    async def publish(self, task_id: str, queue: str, payload: TaskPayload, deadline: float) -> None:
-        await self._client.lpush(queue, self.encode(task_id, queue, payload, deadline))
+    async def publish(self, task_id: str, queue: str, payload: TaskPayload, deadline: float) -> bytes:
+        message = self.encode(task_id, queue, payload, deadline)
+        await self._client.lpush(queue, message)
+        return message
 
 
 class CeleryBackend:
@@ -130,6 +133,7 @@ class CeleryBackend:
         self._broker = redis.asyncio.from_url(settings.broker_url)
         self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
         self._listener = ResultListener(self._redis)
+        self._lost = LostMessageWatch(self._broker, self._redis)  # messages a dying worker lost
         self.streams = RedisStreams(self._redis)  # token streams of text generation
         self._loads = loads
         self._max_depth = settings.gateway.max_queue_depth
@@ -145,10 +149,10 @@ class CeleryBackend:
         try:
             try:
                 payload: TaskPayload = {"model": ref, "op": op, "requests": requests, "sent_at": time.time()}
-                await self._publisher.publish(task_id, queue, payload, deadline)
+                message = await self._publisher.publish(task_id, queue, payload, deadline)
             except Exception as exc:
                 raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
-            data = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.time()))
+            data = await self._lost.wait(future, queue, message, key, deadline)
         except asyncio.TimeoutError as exc:
             raise DeadlineExceededError("no result before the deadline") from exc
         finally:

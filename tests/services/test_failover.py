@@ -1,0 +1,149 @@
+"""Worker failover: a SIGKILLed worker's messages reach a live worker within seconds, not after
+the visibility timeout (workers/failover.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from genserve.v1 import inference_pb2
+from genserve.workers.failover import Failover, keys
+from tests.conftest import WorkerProcess, distributed_settings
+from tests.support import GatewayThread
+
+# The visibility timeout is long (60 s): anything that completes in seconds came back through
+# the failover sweep, not kombu's restore scan.
+FAILOVER_ENV = {"GENSERVE_WORKER__VISIBILITY_TIMEOUT_S": "60", "GENSERVE_WORKER__FAILOVER_TTL_S": "2"}
+
+
+def held_by(client: redis.Redis, prefix: str) -> dict[int, set[bytes]]:
+    """Worker pid -> tags of the unacked messages it owns right now (holder id = host:pid:nonce)."""
+    owners, _ = keys(prefix)
+    unacked, held = set(client.hkeys("unacked")), {}
+    for tag, holder in client.hgetall(owners).items():
+        if tag in unacked:
+            held.setdefault(int(holder.decode().split(":")[1]), set()).add(tag)
+    return held
+
+
+def holder_pids(client: redis.Redis, prefix: str) -> set[int]:
+    return set(held_by(client, prefix))
+
+
+def test_sweep_restores_only_messages_of_dead_holders(redis_url: str):
+    """Owner entries of a holder without an alive key are claimed once and restored; a live
+    holder's and acked messages are left alone (the latter only forgotten)."""
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-failover-{uuid.uuid4().hex[:8]}"
+    owners, alive = keys(prefix)
+    dead_tag, live_tag, acked_tag = (f"{prefix}-{n}" for n in ("dead", "live", "acked"))
+    restored: list[str] = []
+    client.hset("unacked", mapping={dead_tag: "[]", live_tag: "[]"})
+    client.hset(owners, mapping={dead_tag: "gone:1:a", live_tag: "live:2:b", acked_tag: "gone:1:a"})
+    client.set(alive + "live:2:b", 1, ex=30)
+    sweeper = Failover(client, prefix, held=lambda: [], restore=restored.append, ttl_s=2)
+    other = Failover(client, prefix, held=lambda: [], restore=restored.append, ttl_s=2)
+    try:
+        assert sweeper.sweep() == [dead_tag]
+        assert other.sweep() == []  # claimed once: a second sweeper restores nothing
+        assert restored == [dead_tag]
+        assert client.hget(owners, live_tag) == b"live:2:b"
+        assert not client.hexists(owners, acked_tag)
+    finally:
+        client.hdel("unacked", dead_tag, live_tag)
+        client.delete(owners, alive + "live:2:b")
+
+
+def test_beat_makes_the_holder_the_owner_and_close_forgets_it(redis_url: str):
+    """A beat sets the alive key (with its TTL) and owns the held tags; a clean close removes both."""
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-failover-{uuid.uuid4().hex[:8]}"
+    owners, alive = keys(prefix)
+    failover = Failover(client, prefix, held=lambda: ["t1", "t2"], restore=lambda tag: None, ttl_s=2)
+    failover.beat()
+    assert 0 < client.pttl(alive + failover.holder) <= 2000
+    assert client.hgetall(owners) == {b"t1": failover.holder.encode(), b"t2": failover.holder.encode()}
+    failover.close()
+    assert not client.exists(alive + failover.holder) and not client.exists(owners)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("fault", ["kill", "terminate"])
+def test_worker_killed_or_stopped_under_load_loses_nothing_and_nobody_waits_for_the_deadline(
+        repo: Path, redis_url: str, fault: str):
+    """Two workers, 6 callers of seeded GenerateImages; the worker holding a message is SIGKILLed
+    (or SIGTERMed: it finishes its batch, Celery hands back what it prefetched).
+
+    Every request succeeds, none takes anywhere near the 60 s visibility timeout (the slowest
+    well under 20 s), and every answer is byte-identical to the same seeded request answered
+    afterwards by the survivor.
+    """
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    settings = distributed_settings(repo, redis_url, prefix)
+    settings.batching.max_inflight_batches = 2
+    workers = [WorkerProcess(repo, redis_url, prefix, env=FAILOVER_ENV) for _ in range(2)]
+    results: dict[int, bytes] = {}
+    failures: list[str] = []
+    slowest = [0.0]
+    with GatewayThread(settings) as gw:
+        try:
+            gw.wait_for_model("vae")
+            stop = threading.Event()
+
+            def caller(k: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    seed = k * 1000 + i
+                    request = inference_pb2.GenerateImagesRequest(model="vae", count=512, seed=seed,
+                                                                  encoding=inference_pb2.IMAGE_ENCODING_TENSOR_AND_PNG)
+                    started = time.monotonic()
+                    try:
+                        results[seed] = gw.inference.GenerateImages(request, timeout=45).images.data
+                    except grpc.RpcError as exc:
+                        failures.append(f"{seed}: {exc.code().name} {exc.details()}")
+                    slowest[0] = max(slowest[0], time.monotonic() - started)
+                    i += 1
+
+            threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            victim = None
+            while victim is None:
+                assert time.monotonic() < deadline, "no worker held a message"
+                pids = holder_pids(client, prefix) & {w.process.pid for w in workers}
+                victim = next((w for w in workers if w.process.pid in pids), None)
+                time.sleep(0.02)
+            getattr(victim.process, fault)()
+            killed_at = time.monotonic()
+            victim.process.wait(timeout=30)
+            stranded = held_by(client, prefix).get(victim.process.pid, set())  # what it died holding
+            time.sleep(8)  # the failover TTL (2 s) and a sweep, then more traffic on the survivor
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            survivor = next(w for w in workers if w is not victim)
+            assert time.monotonic() - killed_at < 70
+            expected = {seed: gw.inference.GenerateImages(
+                inference_pb2.GenerateImagesRequest(model="vae", count=512, seed=seed), timeout=30).images.data
+                for seed in list(results)[:: max(1, len(results) // 8)]}
+        finally:
+            for w in workers:
+                w.stop(keep_log=True)
+    assert not failures, failures[:5]
+    assert slowest[0] < 20, f"a request waited {slowest[0]:.1f} s: the dead worker's work was not failed over"
+    assert len(results) >= 12
+    assert all(results[seed] == data for seed, data in expected.items())
+    if fault == "kill" and stranded:  # (it may have acked its last message just before)
+        assert "restored" in survivor.output()
+    else:
+        assert victim.process.returncode == 0
+

@@ -1,0 +1,112 @@
+"""Overload, deadlines and shutdown with real parts: admission per model with an exact count of
+refusals, expired work never run, graceful gateway stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genserve.v1 import inference_pb2
+from tests.conftest import WorkerProcess, distributed_settings
+from tests.support import GatewayThread
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def test_burst_past_the_admission_limit_gets_exactly_the_excess_refused(repo: Path, redis_url: str):
+    """Limit 5 per model, a burst of 20 with no worker yet: exactly 15 RESOURCE_EXHAUSTED, each
+    at once; the 5 admitted all complete once a worker starts; another model is unaffected."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    settings = distributed_settings(repo, redis_url, prefix)
+    settings.gateway.max_pending_requests = 5
+    settings.batching.max_inflight_batches = 8
+    with GatewayThread(settings) as gw:
+        request = inference_pb2.GenerateImagesRequest(model="vae", count=1, seed=3)
+        futures = [gw.inference.GenerateImages.future(request, timeout=60) for _ in range(20)]
+        time.sleep(1.0)
+        refused = [f for f in futures if f.done() and f.exception() is not None]
+        assert len(refused) == 15
+        assert all(f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED for f in refused)
+        assert "limit 5" in refused[0].exception().details()
+        other = gw.inference.GenerateImages.future(inference_pb2.GenerateImagesRequest(model="cvae", count=1, label=2), timeout=60)
+        worker = WorkerProcess(repo, redis_url, prefix)
+        try:
+            accepted = [f.result(timeout=60) for f in futures if f not in refused]
+            assert other.result(timeout=60).seed >= 0
+        finally:
+            worker.stop()
+    assert len(accepted) == 5 and len({a.images.data for a in accepted}) == 1  # same seed, same bytes
+
+
+def test_request_whose_deadline_passes_in_the_queue_is_never_run(repo: Path, redis_url: str):
+    """No worker: the client gets DEADLINE_EXCEEDED; a worker started later discards the
+    expired message (Celery `expires` = the deadline) instead of running it."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    with GatewayThread(distributed_settings(repo, redis_url, prefix)) as gw:
+        request = inference_pb2.GenerateImagesRequest(model="vae", count=3, seed=11)
+        with pytest.raises(grpc.RpcError) as info:
+            gw.inference.GenerateImages(request, timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert client.llen(f"{prefix}.vae") == 1  # still queued, expired
+        worker = WorkerProcess(repo, redis_url, prefix, "--log-level", "INFO")
+        try:
+            deadline = time.monotonic() + 60
+            while client.llen(f"{prefix}.vae") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.0)
+        finally:
+            worker.stop(keep_log=True)
+    log = worker.output()
+    assert client.llen(f"{prefix}.vae") == 0
+    assert "expired" in log.lower() or "revoked" in log.lower(), log[-2000:]
+    assert "succeeded" not in log  # nothing ran
+
+
+def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(repo: Path, redis_url: str):
+    """stop(grace): health turns NOT_SERVING at once, an in-flight call still succeeds, calls
+    made after the stop began get UNAVAILABLE."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(repo, redis_url, prefix)
+    try:
+        gw = GatewayThread(distributed_settings(repo, redis_url, prefix)).__enter__()
+        gw.wait_for_model("vae")
+        slow = inference_pb2.GenerateImagesRequest(model="vae", count=4096, seed=5,
+                                                   encoding=inference_pb2.IMAGE_ENCODING_TENSOR_AND_PNG)
+        pending = gw.inference.GenerateImages.future(slow, timeout=60)
+        time.sleep(0.3)
+        health = health_pb2_grpc.HealthStub(gw.channel)
+        stopping = asyncio.run_coroutine_threadsafe(gw.gateway.stop(30), gw.loop)
+        time.sleep(0.3)
+        late = grpc.insecure_channel(gw.address)
+        from genserve.v1 import inference_pb2_grpc
+
+        with pytest.raises(grpc.RpcError) as info:
+            inference_pb2_grpc.InferenceServiceStub(late).GenerateImages(
+                inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(pending.result(timeout=60).png) == 4096
+        stopping.result(timeout=60)
+        del health
+        gw.channel.close()
+        gw.loop.call_soon_threadsafe(gw.loop.stop)
+        gw.thread.join(timeout=10)
+    finally:
+        worker.stop()
+
+
+def test_health_is_not_serving_as_soon_as_the_stop_begins(repo: Path):
+    """The health status flips before the server stops accepting (load balancers drain first)."""
+    from genserve.settings import GatewaySettings, Settings
+
+    with GatewayThread(Settings(model_repository=repo, gateway=GatewaySettings(port=0))) as gw:
+        gw.call(gw.gateway.set_health(False))
+        status = health_pb2_grpc.HealthStub(gw.channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,168 @@
+"""Worker failover: a dead worker's messages go back to their queue within seconds.
+
+kombu's Redis transport keeps every message a worker took in the `unacked` hash until it is
+acked, and its restore scan puts one back on its queue only once its delivery time
+(`unacked_index`) is older than the visibility timeout (30 s by default; live workers renew
+it, workers/leases.py). A SIGKILLed worker's batch therefore waited that long, and clients
+with shorter deadlines got DEADLINE_EXCEEDED although a live worker sat idle.
+
+Here each worker process writes itself as the owner of each message it receives into one
+`owners` hash (tag -> holder id; one HSET as the message arrives, repeated by every beat) and
+beats: every `interval` seconds it sets its `alive` key (TTL `ttl_s`). Every worker also sweeps: an owner entry whose holder's `alive` key
+is gone belongs to a dead worker, so the sweeper claims it (a Lua script: still that owner,
+holder still dead -> HDEL, atomically, so only one sweeper wins) and restores the message with
+kombu's own `restore_by_tag` (one WATCH/MULTI transaction: HGET unacked, HDEL, ZREM, RPUSH to
+the queue's consuming end, so it is taken next). Entries whose message was acked are dropped.
+
+Why no work runs twice at once: a message is restored only while its owner is dead; a
+redelivered message is taken by a live worker that writes itself as the new owner at its next
+beat (`interval` << `ttl_s`). A worker that stops cleanly removes its `alive` key and owner
+entries after Celery has restored its prefetched messages, so nothing is restored behind it;
+whatever it left is still covered by the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+UNACKED = "unacked"  # kombu's default `unacked_key`
+
+# KEYS: owners hash, alive key of the dead holder; ARGV: tag, holder id.
+# 1: claimed (the caller restores it); 0: not this holder's any more, or the holder is alive.
+CLAIM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def keys(prefix: str) -> tuple[str, str]:
+    """(owners hash, alive key prefix) of the workers behind queue prefix `prefix`."""
+    return f"{prefix}:failover:owners", f"{prefix}:failover:alive:"
+
+
+class Failover:
+    """This process's heartbeat, and the sweep that restores dead holders' messages."""
+
+    def __init__(self, client: Any, prefix: str, held: Callable[[], list[str]],
+                 restore: Callable[[str], None], ttl_s: float = 5.0, holder: str | None = None) -> None:
+        self._client = client
+        self._held = held  # tags of the messages this process holds (LeaseKeeper.held)
+        self._restore = restore  # tag -> back on its queue (kombu's restore_by_tag)
+        self.owners, self._alive = keys(prefix)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.ttl_s = float(ttl_s)
+        self.interval_s = max(0.1, self.ttl_s / 5)  # several beats per TTL: one late beat is no death
+        self._claim = client.register_script(CLAIM)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="genserve-failover", daemon=True)
+
+    def start(self) -> Failover:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def own(self, tag: str) -> None:
+        """Owner of `tag` now, as the message arrives (a beat could come too late: a worker
+        killed between receiving a message and its next beat would otherwise leave it to the
+        visibility timeout)."""
+        self._client.hset(self.owners, tag, self.holder)
+
+    def beat(self) -> None:
+        """One heartbeat: alive for `ttl_s` more, owner of every message held."""
+        tags = self._held()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(self._alive + self.holder, 1, px=int(self.ttl_s * 1000))
+        if tags:
+            pipe.hset(self.owners, mapping={tag: self.holder for tag in tags})
+        pipe.execute()
+
+    def sweep(self) -> list[str]:
+        """Restore every message whose holder is dead; returns the restored tags."""
+        owners = {k.decode(): v.decode() for k, v in self._client.hgetall(self.owners).items()}
+        if not owners:
+            return []
+        holders = sorted(set(owners.values()))
+        pipe = self._client.pipeline(transaction=False)
+        for holder in holders:
+            pipe.exists(self._alive + holder)
+        dead = {h for h, alive in zip(holders, pipe.execute()) if not alive}
+        restored = []
+        for tag, holder in owners.items():
+            if holder in dead and self._claim(keys=[self.owners, self._alive + holder], args=[tag, holder]):
+                if self._client.hexists(UNACKED, tag):
+                    self._restore(tag)
+                    restored.append(tag)
+        if restored:
+            log.warning("restored %d message(s) of dead worker(s) %s: %s", len(restored),
+                        ", ".join(sorted({owners[t] for t in restored})), ", ".join(restored))
+        return restored
+
+    def close(self) -> None:
+        """Stop beating and forget this holder (a clean exit: nothing of ours to restore)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            mine = [k for k, v in self._client.hgetall(self.owners).items() if v.decode() == self.holder]
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._alive + self.holder)
+            if mine:
+                pipe.hdel(self.owners, *mine)
+            pipe.execute()
+        except Exception as exc:  # Redis away at exit: the entries expire into a harmless sweep
+            log.warning("failover: could not unregister %s: %s", self.holder, exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+                self.sweep()
+            except Exception as exc:  # Redis away: the next pass tries again
+                log.warning("failover heartbeat/sweep failed: %s", exc)
+
+
+def kombu_restorer(app: Any) -> Callable[[str], None]:
+    """tag -> kombu's atomic restore of that unacked message to its queue, on a connection of
+    its own (used by the failover thread only)."""
+    state: dict[str, Any] = {}
+
+    def restore(tag: str) -> None:
+        if "channel" not in state:
+            connection = app.connection_for_write()
+            connection.ensure_connection(max_retries=3)
+            state["connection"], state["channel"] = connection, connection.default_channel
+        try:
+            state["channel"].qos.restore_by_tag(tag, leftmost=False)
+        except Exception:
+            state.clear()  # reconnect on the next call
+            raise
+
+    return restore
+
+
+def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]], ttl_s: float) -> Failover:
+    """Start this worker process's heartbeat and sweep (genserve worker)."""
+    import redis
+    from celery.signals import task_received
+
+    failover = Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s).start()
+
+    def received(sender: Any = None, request: Any = None, **_: Any) -> None:
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag is not None:
+            try:
+                failover.own(str(tag))
+            except Exception as exc:  # Redis away: the next beat owns it
+                log.warning("failover: could not own message %s: %s", tag, exc)
+
+    task_received.connect(received, weak=False, dispatch_uid="genserve-failover")
+    return failover
