@@ -150,6 +150,7 @@ def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Setting
     per_item = 4 * image.channels * image.height * image.width if op == "denoise" else JSONL_BYTES_PER_ITEM * top_k
     check_space(jobs.root, total * per_item, jobs)
     spec = {"kind": "input_file", "op": op, "model": manifest.ref, "input": str(path), "input_format": fmt,
-            "top_k": top_k, "chunk_size": chunk, "labels": labels, "channels": image.channels if image else 0}
+            "top_k": top_k, "chunk_size": chunk, "labels": labels, "channels": image.channels if image else 0,
+            "image_shape": [image.channels, image.height, image.width] if image else []}
     record = _record("input_file", manifest, spec, total, chunk, settings, token)
     return Plan(record, _chunks(record["id"], total, chunk, offsets), bulk_queue_name(settings.queue_prefix, manifest.name))

@@ -157,8 +157,8 @@ class ChunkRunner:
         requests, kept, errors = [], [], []
         for i, (item_id, item) in enumerate(zip(ids, items)):
             try:
-                image = png_decode(item, spec["channels"]) if isinstance(item, bytes) else np.asarray(item, np.float32)
-                image = image[None] if image.ndim == 2 else image
+                image = png_decode(item, spec["channels"]) if isinstance(item, bytes) else item
+                image = inputs.check_image(image, spec["image_shape"])
             except Exception as exc:
                 errors.append({"id": item_id, "line": start + i, "error": str(exc)})
                 continue
