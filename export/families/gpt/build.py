@@ -69,7 +69,7 @@ def serving_hints(config: GPTConfig) -> ServingHints:
 
 
 @dataclass(frozen=True)
-class TextScore:
+class HeldoutScore:
     nats: float  # summed negative log-likelihood
     tokens: int  # scored tokens
     bytes: int  # UTF-8 bytes of the scored texts
@@ -98,7 +98,7 @@ def score_ids(model: GPT, ids: list[int]) -> float:
 
 def heldout_score(
     model: GPT, tokenizer: tokenizers.Tokenizer, docs: list[Document], max_tokens: int | None = None
-) -> TextScore:
+) -> HeldoutScore:
     """Summed over held-out documents: nats, scored tokens (all but each first), UTF-8 bytes.
 
     With `max_tokens`, documents are scored in order until that many tokens were scored (the
@@ -118,7 +118,7 @@ def heldout_score(
         nats += score_ids(model, ids)
         tokens += len(ids) - 1
         size += text_bytes
-    return TextScore(nats, tokens, size)
+    return HeldoutScore(nats, tokens, size)
 
 
 def sample_texts(model: GPT, tokenizer: tokenizers.Tokenizer, seed: int, new_tokens: int = 60) -> str:

@@ -89,7 +89,7 @@ class SelfAttention(nn.Module):
         return self.proj(y)
 
 
-class Block(nn.Module):
+class EncoderBlock(nn.Module):
     """BERT's post-LayerNorm block: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
     def __init__(self, config: TextClassifierConfig) -> None:
@@ -107,13 +107,13 @@ class Block(nn.Module):
         return self.ln_2(x + self.drop(self.fc_out(h)))
 
 
-class Encoder(nn.Module):
+class BertEncoder(nn.Module):
     """Embeddings and the stack of blocks: ids (B, T) -> hidden states (B, T, C)."""
 
     def __init__(self, config: TextClassifierConfig) -> None:
         super().__init__()
         self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layer))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.run_blocks(self.embeddings(input_ids), attention_mask)  # (B, T, C)
@@ -134,7 +134,7 @@ class TextClassifier(nn.Module):
     def __init__(self, config: TextClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = BertEncoder(config)
         self.pooler = nn.Linear(config.n_embd, config.n_embd) if config.pooling == "cls" else None
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.n_embd, config.num_labels)
