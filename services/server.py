@@ -106,7 +106,6 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)
     jobs = create_job_service(settings, catalog, dispatcher)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
@@ -119,12 +118,11 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     if port == 0:
         raise OSError(f"cannot listen on {settings.gateway.host}:{settings.gateway.port}")
     await server.start()
-    gateway = Gateway(server, port, dispatcher, health_servicer)
+    gateway = Gateway(server, port, dispatcher, health_servicer, jobs=jobs)
     dispatcher.metrics.watch(dispatcher, settings.embedded)
     if settings.gateway.metrics_port is not None:
         gateway.metrics_port = dispatcher.metrics.serve(settings.gateway.host, settings.gateway.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.gateway.host, gateway.metrics_port)
-    gateway = Gateway(server, port, dispatcher, health_servicer, jobs=jobs)
     jobs.start()
     await gateway.set_health(True)
     gateway.watcher = asyncio.get_running_loop().create_task(gateway.watch_broker())
