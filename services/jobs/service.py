@@ -15,6 +15,7 @@ import base64
 import hashlib
 import logging
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,8 +27,10 @@ from genserve.jobs.store import ACTIVE, CANCELLED, TERMINAL, JobStore
 from genserve.protocol import bulk_queue_name
 from genserve.services.jobs import planner
 from genserve.services.jobs.convert import NAMES, to_proto
+from genserve.repository import Manifest
 from genserve.services.catalog import ModelCatalog
 from genserve.settings import Settings
+from genserve.tokenization import TextCodec
 from genserve.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class JobService:
         self.store = store
         self.publisher = publisher
         self._task: asyncio.Task | None = None
+        self._codecs: dict[str, TextCodec] = {}
+        self._codecs_lock = threading.Lock()
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -59,12 +64,16 @@ class JobService:
                 return await self.get(existing)
         plan = await self._call(self._plan, request, token)
         if await self._call(self.store.active_count) >= self.jobs.max_active_jobs:
+            shutil.rmtree(plan.record["dir"], ignore_errors=True)  # a text job's prompts.jsonl
             raise planner.ResourceExhaustedError(
                 f"{self.jobs.max_active_jobs} jobs are queued or running (jobs.max_active_jobs); retry later")
         echoed = jobs_pb2.SubmitJobRequest()
         echoed.CopyFrom(request)
+        spec = results.spec_of(plan.record)
         if request.WhichOneof("spec") == "generate_images":
-            echoed.generate_images.seed = results.spec_of(plan.record)["seed"]
+            echoed.generate_images.seed = spec["seed"]
+        elif spec["op"] == "generate_text":
+            echoed.input_file.seed = spec["seed"]
         plan.record["request"] = base64.b64encode(echoed.SerializeToString()).decode()
         record, created = await self._call(self.store.create, plan.record, token)
         if created:
@@ -72,6 +81,8 @@ class JobService:
             await self._call(self.publisher.publish, plan.queue, plan.chunks)
             await self._call(self.store.update, record["id"], enqueued=1)
             log.info("job %s: %d items in %d chunks on %s", record["id"], record["total"], record["chunks"], plan.queue)
+        else:  # the same token won a race: drop what this plan wrote
+            shutil.rmtree(plan.record["dir"], ignore_errors=True)
         return await self.get(record["id"])
 
     def _plan(self, request: jobs_pb2.SubmitJobRequest, token: str) -> planner.Plan:
@@ -80,8 +91,17 @@ class JobService:
             raise InvalidArgumentError("give a job: generate_images or input_file")
         job = getattr(request, kind)
         manifest = self.catalog.resolve(job.model)
-        build = planner.generator if kind == "generate_images" else planner.input_file
-        return build(job, manifest, self.settings, token)
+        if kind == "generate_images":
+            return planner.generator(job, manifest, self.settings, token)
+        return planner.input_file(job, manifest, self.settings, token, self.codec)
+
+    def codec(self, manifest: Manifest) -> TextCodec:
+        """A text generator's tokenizer, loaded once per version (sha256 checked)."""
+        with self._codecs_lock:
+            if manifest.ref not in self._codecs:
+                directory = self.catalog.repository.root / manifest.name / manifest.version
+                self._codecs[manifest.ref] = TextCodec.load(directory, manifest)
+            return self._codecs[manifest.ref]
 
     # --- reading ----------------------------------------------------------------------------
 

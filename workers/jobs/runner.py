@@ -89,6 +89,8 @@ class ChunkRunner:
         spec = results.spec_of(record)
         if spec["kind"] == "generate_images":
             return self._generate(record, spec, payload)
+        if spec["op"] == "generate_text":
+            return self._generations(record, spec, payload)
         if spec["input_format"] == "jsonl":
             return self._texts(record, spec, payload)
         return self._images(record, spec, payload)
@@ -151,6 +153,23 @@ class ChunkRunner:
         ids = [(line, item_id) for line, item_id, _ in good]
         return self._write_outputs(record, payload, ids, outcomes, errors, provider)
 
+    def _generations(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """The chunk's prompts (checked by the gateway into prompts.jsonl) as one generate_text
+        message: the handler submits them all to the decode scheduler, so they share steps."""
+        start, count = int(payload["start"]), int(payload["count"])
+        tasks, kept, errors = [], [], []
+        for _, raw in inputs.read_jsonl(Path(spec["input"]), int(payload["offset"]), start, count):
+            row = json.loads(raw)
+            if "error" in row:
+                errors.append(row)
+            else:
+                tasks.append(row["task"])
+                kept.append((row["line"], row["id"]))
+        outcomes, provider = self._call(record, "generate_text", tasks) if tasks else ([], "")
+        for outcome, task in zip(outcomes, tasks):
+            outcome["seed"] = task["seed"]
+        return self._write_outputs(record, payload, kept, outcomes, errors, provider)
+
     def _images(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         start, count = int(payload["start"]), int(payload["count"])
         ids, items = inputs.read_images(Path(spec["input"]), spec["input_format"], start, count)
@@ -176,6 +195,9 @@ class ChunkRunner:
         for (line, item_id), outcome in zip(ids, outcomes):
             if not outcome["ok"]:
                 errors.append({"id": item_id, "line": line, "error": outcome["message"]})
+            elif "finish_reason" in outcome:
+                lines.append({"id": item_id, "line": line, "text": outcome["text"], "tokens": len(outcome["tokens"]),
+                              "finish_reason": outcome["finish_reason"], "seed": outcome["seed"]})
             elif "top" in outcome:
                 top = [{"label": labels[i] if i < len(labels) else str(i), "index": i, "score": p} for i, p in outcome["top"][0]]
                 lines.append({"id": item_id, "line": line, "top": top})
