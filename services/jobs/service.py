@@ -49,6 +49,7 @@ class JobService:
         self.publisher = publisher
         self._task: asyncio.Task | None = None
         self._codecs: dict[str, TextCodec] = {}
+        self.states: dict[str, int] = {}  # jobs by state at the last upkeep pass (genserve_jobs)
         self._codecs_lock = threading.Lock()
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -245,12 +246,14 @@ class JobService:
     def maintain(self) -> None:
         now = time.time()
         offset = 0
+        states = dict.fromkeys(NAMES.values(), 0)
         while ids := self.store.list(offset, 500):
             offset += len(ids)
             for job_id in ids:
                 record = self.store.get(job_id)
                 if record is None:
                     continue
+                states[record["state"]] = states.get(record["state"], 0) + 1
                 if record["state"] in ACTIVE:
                     if not record["enqueued"] and now - record["created"] > UNPUBLISHED_GRACE_S:
                         self.republish(record)
@@ -261,7 +264,9 @@ class JobService:
                 elif record["finished"] and now - record["finished"] > self.jobs.retention_hours * 3600:
                     shutil.rmtree(record["dir"], ignore_errors=True)
                     self.store.delete(job_id)
+                    states[record["state"]] -= 1
                     log.info("job %s expired: record and files deleted", job_id)
+        self.states = states
 
     def republish(self, record: dict[str, Any], only: set[int] | None = None) -> int:
         """Publish every chunk not done yet, or those of `only` (a chunk published twice runs

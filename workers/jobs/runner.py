@@ -63,13 +63,18 @@ class ChunkRunner:
             message = f"{type(exc).__name__}: {exc}"
             log.warning("job %s chunk %d attempt %d failed: %s", job_id, chunk, attempt, message)
             self.store.update(job_id, last_error=message)
-            return "retry" if attempt < record["max_attempts"] else self._give_up(record, payload, message)
+            if attempt < record["max_attempts"]:
+                self.store.count(f"chunks|{_model(record)}|retried")
+                return "retry"
+            return self._give_up(record, payload, message)
         self._complete(record, payload, shard)
         return "done"
 
-    def _complete(self, record: dict[str, Any], payload: dict[str, Any], shard: dict[str, Any]) -> None:
+    def _complete(self, record: dict[str, Any], payload: dict[str, Any], shard: dict[str, Any],
+                  outcome: str = "done") -> None:
+        spec = results.spec_of(record)
         done = self.store.complete_chunk(record["id"], int(payload["chunk"]), shard, int(payload["count"]),
-                                         int(shard.get("failed", 0)))
+                                         int(shard.get("failed", 0)), spec.get("op", spec["kind"]), outcome)
         if done >= record["chunks"]:
             results.finalize(self.store, record["id"])
 
@@ -77,12 +82,13 @@ class ChunkRunner:
         chunk, start, count = int(payload["chunk"]), int(payload["start"]), int(payload["count"])
         error = f"chunk {chunk} (items {start}..{start + count - 1}) failed {record['max_attempts']} times: {message}"
         if record["kind"] == "generate_images":
+            self.store.count(f"chunks|{_model(record)}|failed")
             results.fail(self.store, record["id"], error)
             return "failed"
         folder = Path(record["dir"])  # input-file job: its items become error lines, the job goes on
         lines = [{"line": start + i, "error": error} for i in range(count)]
         part = layout.write_file(folder, layout.shard_name("errors", chunk, ".jsonl"), _jsonl(lines), start, count)
-        self._complete(record, payload, {"files": [], "errors": part["path"], "failed": count})
+        self._complete(record, payload, {"files": [], "errors": part["path"], "failed": count}, "failed")
         return "failed"
 
     def _run(self, record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +220,10 @@ class ChunkRunner:
         errors.sort(key=lambda e: e["line"])
         part = layout.write_file(folder, layout.shard_name("errors", chunk, ".jsonl"), _jsonl(errors), start, count)
         return {"files": files, "errors": part["path"], "failed": len(errors), "provider": provider}
+
+
+def _model(record: dict[str, Any]) -> str:
+    return record["model"].partition(":")[0]
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
