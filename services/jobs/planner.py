@@ -114,12 +114,18 @@ def generator(job: jobs_pb2.GenerateImagesJob, manifest: Manifest, settings: Set
 def resolve_input(root: Path, job: jobs_pb2.InputFileJob) -> Path:
     if bool(job.input_path) == bool(job.upload_id):
         raise InvalidArgumentError("give exactly one of input_path and upload_id")
+    given = job.input_path or job.upload_id
     relative = Path(job.input_path) if job.input_path else Path("uploads") / job.upload_id
-    if relative.is_absolute() or ".." in relative.parts:
-        raise InvalidArgumentError(f"input_path must be relative to the jobs volume, without '..', got {job.input_path!r}")
-    path = (root / relative).resolve()
-    if not path.exists():
-        raise InvalidArgumentError(f"input {relative} does not exist on the jobs volume")
+    if relative.is_absolute() or ".." in relative.parts or "\x00" in given:
+        raise InvalidArgumentError(f"input_path must be relative to the jobs volume, without '..', got {given!r}")
+    try:
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root.resolve()):  # a symlink out of the volume
+            raise InvalidArgumentError(f"input {relative} leads out of the jobs volume (a symbolic link?)")
+        if not path.exists():
+            raise InvalidArgumentError(f"input {relative} does not exist on the jobs volume")
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        raise InvalidArgumentError(f"cannot open input {given[:200]!r}: {exc}") from exc
     return path
 
 
@@ -127,11 +133,11 @@ def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Setting
                tokenizer: Callable[[Manifest], prompts.Tokenizer] | None = None) -> Plan:
     """`tokenizer(manifest)`: the text generator's tokenizer (text-generation jobs only)."""
     jobs = settings.jobs
+    path = resolve_input(jobs.root, job)
     op = OPS.get(manifest.loop)
     if op is None:
         raise InvalidArgumentError(f"model {manifest.ref} is a {manifest.loop}; input-file jobs take a text or "
                                    "image classifier, a denoiser or a text generator")
-    path = resolve_input(jobs.root, job)
     chunk = _chunk_size(job.chunk_size, jobs)
     try:
         fmt = inputs.format_of(path, INPUT_FORMATS.get(job.input_format, ""))

@@ -36,6 +36,7 @@ from genserve.v1 import jobs_pb2
 log = logging.getLogger(__name__)
 
 FETCH_PIECE = 1 << 20  # bytes per ResultChunk
+MAX_NAME_BYTES = 200  # of an uploaded file's name (the id adds 13; file systems allow 255)
 MAINTAIN_S = 5.0  # how often `maintain` runs
 UNPUBLISHED_GRACE_S = 30.0  # a submit still publishing after this long was cut off
 
@@ -183,8 +184,9 @@ class JobService:
         if first is None or first.WhichOneof("part") != "filename":
             raise InvalidArgumentError("an upload starts with a message holding its filename")
         name = Path(first.filename).name
-        if not name or name.startswith("."):
-            raise InvalidArgumentError(f"filename must be a plain file name, got {first.filename!r}")
+        if not name or name.startswith(".") or "\x00" in name or len(name.encode()) > MAX_NAME_BYTES:
+            raise InvalidArgumentError(f"filename must be a plain file name of at most {MAX_NAME_BYTES} bytes, "
+                                       f"got {first.filename[:200]!r}")
         upload_id = f"{uuid.uuid4().hex[:12]}-{name}"
         path = self.jobs.root / "uploads" / upload_id
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,12 +208,17 @@ class JobService:
     async def fetch(self, request: jobs_pb2.FetchResultRequest) -> AsyncIterator[jobs_pb2.ResultChunk]:
         record = await self._call(self._load, request.id)
         relative = request.path or layout.MANIFEST
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative!r}")
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or "\x00" in relative:
+            raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative[:200]!r}")
         path = Path(record["dir"]) / relative
-        if not path.is_file():
-            raise JobNotFoundError(f"job {request.id} has no file {relative!r} (yet)")
-        size = path.stat().st_size
+        try:
+            if not path.resolve().is_relative_to(Path(record["dir"]).resolve()):
+                raise InvalidArgumentError(f"path {relative!r} leads out of the job's folder")
+            if not path.is_file():
+                raise JobNotFoundError(f"job {request.id} has no file {relative!r} (yet)")
+            size = path.stat().st_size
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            raise InvalidArgumentError(f"cannot open {relative[:200]!r}: {exc}") from exc
         with open(path, "rb") as f:
             offset = 0
             while True:
