@@ -164,7 +164,8 @@ def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Setting
                 if op == "generate_text" else JSONL_BYTES_PER_ITEM * top_k)
     check_space(jobs.root, total * per_item, jobs)
     spec = {"kind": "input_file", "op": op, "model": manifest.ref, "input": str(path), "input_format": fmt,
-            "top_k": top_k, "chunk_size": chunk, "labels": labels, "channels": image.channels if image else 0}
+            "top_k": top_k, "chunk_size": chunk, "labels": labels, "channels": image.channels if image else 0,
+            "size": [image.height, image.width] if image else []}
     if op == "generate_text":
         spec.update(source=str(path), seed=job.seed if job.HasField("seed") else secrets.randbits(63),
                     max_new_tokens=job.max_new_tokens or prompts.DEFAULT_MAX_NEW_TOKENS)

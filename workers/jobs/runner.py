@@ -184,6 +184,7 @@ class ChunkRunner:
             try:
                 image = png_decode(item, spec["channels"]) if isinstance(item, bytes) else np.asarray(item, np.float32)
                 image = image[None] if image.ndim == 2 else image
+                _check_image(image, spec)
             except Exception as exc:
                 errors.append({"id": item_id, "line": start + i, "error": str(exc)})
                 continue
@@ -220,6 +221,16 @@ class ChunkRunner:
         errors.sort(key=lambda e: e["line"])
         part = layout.write_file(folder, layout.shard_name("errors", chunk, ".jsonl"), _jsonl(errors), start, count)
         return {"files": files, "errors": part["path"], "failed": len(errors), "provider": provider}
+
+
+def _check_image(image: np.ndarray, spec: dict[str, Any]) -> None:
+    """What the gateway checks of an online request's image (the serving loops trust it):
+    items of a job come from a file, so they are checked here, each alone."""
+    expected = (spec["channels"], *spec.get("size", image.shape[1:]))
+    if image.shape != tuple(expected):
+        raise ValueError(f"image must be {tuple(expected)} (C, H, W), got {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image has NaN or infinite values")
 
 
 def _model(record: dict[str, Any]) -> str:
