@@ -67,3 +67,21 @@ def test_prompt_file_job_completes_each_line_like_complete_text(gpt_repo: Path, 
                 assert o["finish_reason"] == inference_pb2.FinishReason.Name(online.finish_reason).removeprefix("FINISH_REASON_").lower()
     finally:
         worker.stop()
+
+
+def test_prompt_file_job_runs_in_the_embedded_mode(gpt_repo: Path, tmp_path: Path):
+    """Without a broker the same job runs on the gateway's threads: same outputs for the same job seed."""
+    from genserve.settings import GatewaySettings, JobSettings, Settings
+
+    (tmp_path / "p.jsonl").write_text("\n".join(_lines()) + "\n")
+    settings = Settings(model_repository=gpt_repo, gateway=GatewaySettings(port=0), jobs=JobSettings(root=tmp_path))
+    with JobsGateway(settings) as gw:
+        spec = jobs_pb2.InputFileJob(model=GPT_NAME, input_path="p.jsonl", chunk_size=5, seed=7)
+        runs = [gw.wait(gw.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(input_file=spec), timeout=60).id, timeout_s=120)
+                for _ in range(2)]
+    texts = []
+    for final in runs:
+        assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED_WITH_ERRORS and (final.done, final.failed) == (13, 3)
+        shards = sorted((Path(final.result_dir) / "shards").glob("out-*.jsonl"))
+        texts.append([(o["id"], o["text"], o["seed"]) for p in shards for o in map(json.loads, p.read_text().splitlines())])
+    assert texts[0] == texts[1] and len(texts[0]) == len(PROMPTS)
