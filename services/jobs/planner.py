@@ -11,16 +11,18 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from genserve.services.jobs import prompts
 
 from genserve.errors import InvalidArgumentError, QueueFullError
 from genserve.jobs import inputs, layout
 from genserve.jobs.store import QUEUED, new_id
 from genserve.protocol import ChunkPayload, bulk_queue_name
 from genserve.repository import Manifest
-from genserve.services.jobs import prompts
 from genserve.settings import JobSettings, Settings
 from genserve.v1 import jobs_pb2
 

@@ -16,13 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from genserve.services import validation
+from genserve.services.validation.text_generation import Tokenizer
 from google.protobuf import json_format
 
 from genserve import seeds
 from genserve.errors import InvalidArgumentError
 from genserve.repository import Manifest
-from genserve.services import validation
-from genserve.services.validation.text_generation import Tokenizer
 from genserve.settings import LimitSettings
 from genserve.v1 import inference_pb2
 
