@@ -37,3 +37,10 @@ def latents(seed: int, first_index: int, count: int, dim: int) -> np.ndarray:
         out[row : row + hi - lo] = block(seed, b, dim)[lo:hi]
         row += hi - lo
     return out
+
+
+def line_seed(seed: int, line: int) -> int:
+    """The sampler seed of input line `line` of a text-generation job with seed `seed` (for a
+    line that sets none): 63 bits of SeedSequence([seed, line]), so a job is reproducible."""
+    state = np.random.SeedSequence([int(seed), int(line)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))

@@ -25,9 +25,21 @@ Metrics (model = the model's name; requests to unknown or malformed model names 
     genserve_gateway_queue_depth{queue}                            gauge: messages waiting in a model's
                                                                    broker queue (its last LLEN)
 
+Batch jobs (`watch_jobs`), read when scraped:
+
+    genserve_jobs{state}                                           gauge: jobs by state (QUEUED, RUNNING,
+                                                                   SUCCEEDED, ...) at the last upkeep pass
+    genserve_job_items_total{model,kind}                           items done (failed items included) by
+                                                                   kind: generate_images, classify,
+                                                                   denoise, generate_text
+    genserve_job_chunks_total{model,outcome}                       chunks done, retried or failed
+
+The two counters are the cluster's totals from the job store (P:stats, counted in the same
+Redis script that counts a chunk once), so every gateway reports the same values and a
+gateway restart does not reset them; the embedded store counts in memory.
+
 The worker's own metrics are in genserve/workers/metrics.py; in the embedded mode (the worker's
-code in this process) the gateway's endpoint serves both. Batch jobs add genserve_gateway_job_*
-here when they land.
+code in this process) the gateway's endpoint serves both.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from genserve.logs import new_request_id, request_id
 from genserve.repository import NAME_RE
@@ -103,6 +115,10 @@ class GatewayMetrics:
         if embedded:
             self.registry.register(_Default())
 
+    def watch_jobs(self, jobs: Any) -> None:
+        """Job metrics from the JobService (services/jobs/service.py) at each scrape."""
+        self.registry.register(_JobMetrics(jobs))
+
     def serve(self, host: str, port: int) -> int:
         self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         return self._server.server_address[1]
@@ -133,6 +149,26 @@ class _Gauges:
         for queue, n in (depths() if depths else {}).items():
             depth.add_metric([queue], n)
         return [inflight, pending, depth]
+
+
+class _JobMetrics:
+    def __init__(self, jobs: Any) -> None:
+        self._jobs = jobs
+
+    def collect(self) -> Iterable[Any]:
+        states = GaugeMetricFamily("genserve_jobs", "Jobs by state (at the gateway's last upkeep pass)", labels=["state"])
+        for state, n in sorted(self._jobs.states.items()):
+            states.add_metric([state], n)
+        items = CounterMetricFamily("genserve_job_items", "Job items done, failed ones included", labels=["model", "kind"])
+        chunks = CounterMetricFamily("genserve_job_chunks", "Job chunks by outcome", labels=["model", "outcome"])
+        try:
+            stats = self._jobs.store.stats()
+        except Exception:  # Redis away: the gauges above still answer
+            stats = {}
+        for field, n in sorted(stats.items()):
+            family, model, label = (field.split("|") + ["", ""])[:3]
+            {"items": items, "chunks": chunks}.get(family, items).add_metric([model, label], n)
+        return [states, items, chunks]
 
 
 class _Default:

@@ -120,6 +120,7 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     await server.start()
     gateway = Gateway(server, port, dispatcher, health_servicer, jobs=jobs)
     dispatcher.metrics.watch(dispatcher, settings.embedded)
+    dispatcher.metrics.watch_jobs(jobs)
     if settings.gateway.metrics_port is not None:
         gateway.metrics_port = dispatcher.metrics.serve(settings.gateway.host, settings.gateway.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.gateway.host, gateway.metrics_port)

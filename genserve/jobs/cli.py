@@ -24,6 +24,7 @@ def add_parser(sub: Any, client_flags: Any) -> None:
     submit.add_argument("--input", help="input file, relative to the jobs volume")
     submit.add_argument("--upload", type=Path, help="local input file to upload first")
     submit.add_argument("--top-k", type=int, default=0)
+    submit.add_argument("--max-new-tokens", type=int, default=0, help="text generation: for lines that set none (0: 64)")
     submit.add_argument("--token", default="", help="idempotency key")
     submit.add_argument("--watch", action="store_true", help="then follow its progress")
     for name in ("watch", "get", "cancel"):
@@ -59,7 +60,9 @@ def _submit(client: Any, args: argparse.Namespace) -> Any:
                 "format": 2 if args.format == "npz" else 1}
         spec.update({k: v for k, v in (("seed", args.seed), ("label", args.label)) if v is not None})
         return client.submit_job(generate_images=spec, client_token=args.token)
-    spec = {"model": args.model, "chunk_size": args.chunk_size, "top_k": args.top_k}
+    spec = {"model": args.model, "chunk_size": args.chunk_size, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
+    if args.seed is not None:  # text generation: seeds of the lines that set none
+        spec["seed"] = args.seed
     if args.upload:
         spec["upload_id"] = client.upload_input(args.upload).upload_id
     else:

@@ -93,19 +93,3 @@ def read_images(path: Path, fmt: str, start: int, count: int) -> tuple[list[str]
             return [str(i) for i in ids], list(images)
     files = png_files(path)[start : start + count]
     return [f.name for f in files], [f.read_bytes() for f in files]
-
-
-def check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """One input item as the model reads it: float32 `shape` (C, H, W), finite; else ValueError.
-
-    A job's items never pass through the gateway's request validation (it sees only the file),
-    so the chunk runner checks each one here, with the same rules, before the worker's loop
-    (which trusts what it is given) runs it; a bad item goes to the error file alone.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    image = image[None] if image.ndim == 2 and shape[0] == 1 else image
-    if tuple(image.shape) != tuple(shape):
-        raise ValueError(f"an image must have shape {tuple(shape)}, got {tuple(image.shape)}")
-    if not np.isfinite(image).all():
-        raise ValueError("an image must be finite (no NaN or infinity)")
-    return image

@@ -28,6 +28,7 @@ import numpy as np
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
 PREVIEW = "preview.png"
+PROMPTS = "prompts.jsonl"  # a text-generation job's lines as the gateway checked them (token ids or the error)
 SHARDS = "shards"
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: an .npz shard's bytes depend on its items only
 

@@ -13,6 +13,8 @@ with its append-only file. Key schema (P = `<queue prefix>:job`):
     P:active          set    ids of queued or running jobs (max_active_jobs)
     P:token:<token>   string the job id submitted with this idempotency key
     P:<id>:lock       string held (SET NX PX) by whoever is writing the job's manifest
+    P:stats           hash   cluster-wide counters behind the gateway's job metrics:
+                             items|<model>|<kind> and chunks|<model>|<outcome>
 
 Every state change is one Lua script, so a cancel, a failure and the last chunk cannot
 overwrite each other: terminal states (SUCCEEDED, SUCCEEDED_WITH_ERRORS, FAILED, CANCELLED)
@@ -31,6 +33,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, SUCCEEDED_WITH_ERRORS = (
     "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "SUCCEEDED_WITH_ERRORS")
 ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED, SUCCEEDED_WITH_ERRORS)
+CHUNK_OUTCOMES = ("done", "retried", "failed")  # genserve_job_chunks_total{outcome}
 INT_FIELDS = ("total", "chunks", "chunk_size", "done", "failed", "max_attempts", "enqueued")
 FLOAT_FIELDS = ("created", "updated", "started", "finished")
 
@@ -57,7 +60,10 @@ class JobStore(Protocol):
     def update(self, job_id: str, **fields: Any) -> None: ...
     def transition(self, job_id: str, from_states: tuple[str, ...], to: str, **fields: Any) -> bool: ...
     def attempt(self, job_id: str, chunk: int) -> int: ...
-    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int) -> int: ...
+    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int,
+                       kind: str = "", outcome: str = "done") -> int: ...
+    def count(self, field: str, n: int = 1) -> None: ...
+    def stats(self) -> dict[str, int]: ...
     def done_chunks(self, job_id: str) -> set[int]: ...
     def is_done(self, job_id: str, chunk: int) -> bool: ...
     def chunks_done(self, job_id: str) -> int: ...
@@ -94,13 +100,16 @@ if ARGV[2] ~= 'QUEUED' and ARGV[2] ~= 'RUNNING' then redis.call('SREM', KEYS[2],
 return 1
 """
 
-# KEYS: record, done set, shards hash; ARGV: chunk, shard JSON, items, failed, now
+# KEYS: record, done set, shards hash, stats; ARGV: chunk, shard JSON, items, failed, now, kind, outcome
 _COMPLETE = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'failed', ARGV[4])
   redis.call('HSET', KEYS[1], 'updated', ARGV[5])
+  local model = string.match(redis.call('HGET', KEYS[1], 'model') or '', '^[^:]*')
+  redis.call('HINCRBY', KEYS[4], 'items|' .. model .. '|' .. ARGV[6], ARGV[3])
+  redis.call('HINCRBY', KEYS[4], 'chunks|' .. model .. '|' .. ARGV[7], 1)
 end
 return redis.call('SCARD', KEYS[2])
 """
@@ -160,9 +169,17 @@ class RedisJobStore:
     def attempt(self, job_id: str, chunk: int) -> int:
         return int(self.client.hincrby(self._key(job_id, "attempts"), str(chunk), 1))
 
-    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int) -> int:
-        keys = [self._key(job_id), self._key(job_id, "done"), self._key(job_id, "shards")]
-        return int(self._complete(keys=keys, args=[chunk, json.dumps(shard), items, failed, time.time()]))
+    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int,
+                       kind: str = "", outcome: str = "done") -> int:
+        """Count the chunk once (its items under `kind` in P:stats); the job's chunks done."""
+        keys = [self._key(job_id), self._key(job_id, "done"), self._key(job_id, "shards"), f"{self.p}:stats"]
+        return int(self._complete(keys=keys, args=[chunk, json.dumps(shard), items, failed, time.time(), kind, outcome]))
+
+    def count(self, field: str, n: int = 1) -> None:
+        self.client.hincrby(f"{self.p}:stats", field, n)
+
+    def stats(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.client.hgetall(f"{self.p}:stats").items()}
 
     def done_chunks(self, job_id: str) -> set[int]:
         return {int(c) for c in self.client.smembers(self._key(job_id, "done"))}
@@ -202,6 +219,7 @@ class LocalJobStore:
         self._shards: dict[str, dict[int, dict[str, Any]]] = {}
         self._attempts: dict[str, dict[int, int]] = {}
         self._locks: dict[str, float] = {}  # job id -> until (monotonic)
+        self._stats: dict[str, int] = {}
 
     def create(self, record: dict[str, Any], token: str) -> tuple[dict[str, Any], bool]:
         with self._lock:
@@ -251,14 +269,29 @@ class LocalJobStore:
             counts[chunk] = counts.get(chunk, 0) + 1
             return counts[chunk]
 
-    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int) -> int:
+    def complete_chunk(self, job_id: str, chunk: int, shard: dict[str, Any], items: int, failed: int,
+                       kind: str = "", outcome: str = "done") -> int:
         with self._lock:
             if chunk not in self._done[job_id]:
                 self._done[job_id].add(chunk)
                 self._shards[job_id][chunk] = shard
                 record = self._records[job_id]
                 record.update(done=record["done"] + items, failed=record["failed"] + failed, updated=time.time())
+                model = record["model"].partition(":")[0]
+                self._add(f"items|{model}|{kind}", items)
+                self._add(f"chunks|{model}|{outcome}", 1)
             return len(self._done[job_id])
+
+    def _add(self, field: str, n: int) -> None:
+        self._stats[field] = self._stats.get(field, 0) + n
+
+    def count(self, field: str, n: int = 1) -> None:
+        with self._lock:
+            self._add(field, n)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._stats)
 
     def done_chunks(self, job_id: str) -> set[int]:
         with self._lock:

@@ -25,45 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16genserve/v1/jobs.proto\x12\x0bgenserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x11GenerateImagesJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12)\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x19.genserve.v1.OutputFormat\x12\x0f\n\x07preview\x18\x07 \x01(\x08\x42\x07\n\x05_seedB\x08\n\x06_label\"\x97\x01\n\x0cInputFileJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ninput_path\x18\x02 \x01(\t\x12\x11\n\tupload_id\x18\x03 \x01(\t\x12.\n\x0cinput_format\x18\x04 \x01(\x0e\x32\x18.genserve.v1.InputFormat\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\r\n\x05top_k\x18\x06 \x01(\r\"\x9c\x01\n\x10SubmitJobRequest\x12\x39\n\x0fgenerate_images\x18\x01 \x01(\x0b\x32\x1e.genserve.v1.GenerateImagesJobH\x00\x12/\n\ninput_file\x18\x02 \x01(\x0b\x32\x19.genserve.v1.InputFileJobH\x00\x12\x14\n\x0c\x63lient_token\x18\x0f \x01(\tB\x06\n\x04spec\"\x93\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.genserve.v1.JobState\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12.\n\x07request\x18\x05 \x01(\x0b\x32\x1d.genserve.v1.SubmitJobRequest\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x11\n\tartifacts\x18\t \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\x12\x18\n\x10items_per_second\x18\x0b \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0c \x01(\x01\x12\x13\n\x0b\x63hunks_done\x18\r \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x0e \x01(\r\x12\x12\n\nresult_dir\x18\x0f \x01(\t\x12\r\n\x05model\x18\x10 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"^\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.genserve.v1.JobState\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.genserve.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x10UploadInputChunk\x12\x12\n\x08\x66ilename\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"F\n\x13UploadInputResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\".\n\x12\x46\x65tchResultRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x0bResultChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04*[\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPZ\x10\x02*\x89\x01\n\x0bInputFormat\x12\x1c\n\x18INPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12INPUT_FORMAT_JSONL\x10\x01\x12\x14\n\x10INPUT_FORMAT_NPY\x10\x02\x12\x14\n\x10INPUT_FORMAT_NPZ\x10\x03\x12\x18\n\x14INPUT_FORMAT_PNG_DIR\x10\x04*\xbf\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12#\n\x1fJOB_STATE_SUCCEEDED_WITH_ERRORS\x10\x06\x32\xe5\x03\n\nJobService\x12<\n\tSubmitJob\x12\x1d.genserve.v1.SubmitJobRequest\x1a\x10.genserve.v1.Job\x12\x36\n\x06GetJob\x12\x1a.genserve.v1.GetJobRequest\x1a\x10.genserve.v1.Job\x12<\n\x08WatchJob\x12\x1c.genserve.v1.WatchJobRequest\x1a\x10.genserve.v1.Job0\x01\x12<\n\tCancelJob\x12\x1d.genserve.v1.CancelJobRequest\x1a\x10.genserve.v1.Job\x12G\n\x08ListJobs\x12\x1c.genserve.v1.ListJobsRequest\x1a\x1d.genserve.v1.ListJobsResponse\x12P\n\x0bUploadInput\x12\x1d.genserve.v1.UploadInputChunk\x1a .genserve.v1.UploadInputResponse(\x01\x12J\n\x0b\x46\x65tchResult\x12\x1f.genserve.v1.FetchResultRequest\x1a\x18.genserve.v1.ResultChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16genserve/v1/jobs.proto\x12\x0bgenserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x11GenerateImagesJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12)\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x19.genserve.v1.OutputFormat\x12\x0f\n\x07preview\x18\x07 \x01(\x08\x42\x07\n\x05_seedB\x08\n\x06_label\"\xcb\x01\n\x0cInputFileJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ninput_path\x18\x02 \x01(\t\x12\x11\n\tupload_id\x18\x03 \x01(\t\x12.\n\x0cinput_format\x18\x04 \x01(\x0e\x32\x18.genserve.v1.InputFormat\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\r\n\x05top_k\x18\x06 \x01(\r\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\rB\x07\n\x05_seed\"\x9c\x01\n\x10SubmitJobRequest\x12\x39\n\x0fgenerate_images\x18\x01 \x01(\x0b\x32\x1e.genserve.v1.GenerateImagesJobH\x00\x12/\n\ninput_file\x18\x02 \x01(\x0b\x32\x19.genserve.v1.InputFileJobH\x00\x12\x14\n\x0c\x63lient_token\x18\x0f \x01(\tB\x06\n\x04spec\"\x93\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.genserve.v1.JobState\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12.\n\x07request\x18\x05 \x01(\x0b\x32\x1d.genserve.v1.SubmitJobRequest\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x11\n\tartifacts\x18\t \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\x12\x18\n\x10items_per_second\x18\x0b \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0c \x01(\x01\x12\x13\n\x0b\x63hunks_done\x18\r \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x0e \x01(\r\x12\x12\n\nresult_dir\x18\x0f \x01(\t\x12\r\n\x05model\x18\x10 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"^\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.genserve.v1.JobState\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.genserve.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x10UploadInputChunk\x12\x12\n\x08\x66ilename\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"F\n\x13UploadInputResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\".\n\x12\x46\x65tchResultRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x0bResultChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04*[\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPZ\x10\x02*\x89\x01\n\x0bInputFormat\x12\x1c\n\x18INPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12INPUT_FORMAT_JSONL\x10\x01\x12\x14\n\x10INPUT_FORMAT_NPY\x10\x02\x12\x14\n\x10INPUT_FORMAT_NPZ\x10\x03\x12\x18\n\x14INPUT_FORMAT_PNG_DIR\x10\x04*\xbf\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12#\n\x1fJOB_STATE_SUCCEEDED_WITH_ERRORS\x10\x06\x32\xe5\x03\n\nJobService\x12<\n\tSubmitJob\x12\x1d.genserve.v1.SubmitJobRequest\x1a\x10.genserve.v1.Job\x12\x36\n\x06GetJob\x12\x1a.genserve.v1.GetJobRequest\x1a\x10.genserve.v1.Job\x12<\n\x08WatchJob\x12\x1c.genserve.v1.WatchJobRequest\x1a\x10.genserve.v1.Job0\x01\x12<\n\tCancelJob\x12\x1d.genserve.v1.CancelJobRequest\x1a\x10.genserve.v1.Job\x12G\n\x08ListJobs\x12\x1c.genserve.v1.ListJobsRequest\x1a\x1d.genserve.v1.ListJobsResponse\x12P\n\x0bUploadInput\x12\x1d.genserve.v1.UploadInputChunk\x1a .genserve.v1.UploadInputResponse(\x01\x12J\n\x0b\x46\x65tchResult\x12\x1f.genserve.v1.FetchResultRequest\x1a\x18.genserve.v1.ResultChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genserve.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUTFORMAT']._serialized_start=1503
-  _globals['_OUTPUTFORMAT']._serialized_end=1594
-  _globals['_INPUTFORMAT']._serialized_start=1597
-  _globals['_INPUTFORMAT']._serialized_end=1734
-  _globals['_JOBSTATE']._serialized_start=1737
-  _globals['_JOBSTATE']._serialized_end=1928
+  _globals['_OUTPUTFORMAT']._serialized_start=1555
+  _globals['_OUTPUTFORMAT']._serialized_end=1646
+  _globals['_INPUTFORMAT']._serialized_start=1649
+  _globals['_INPUTFORMAT']._serialized_end=1786
+  _globals['_JOBSTATE']._serialized_start=1789
+  _globals['_JOBSTATE']._serialized_end=1980
   _globals['_GENERATEIMAGESJOB']._serialized_start=73
   _globals['_GENERATEIMAGESJOB']._serialized_end=260
   _globals['_INPUTFILEJOB']._serialized_start=263
-  _globals['_INPUTFILEJOB']._serialized_end=414
-  _globals['_SUBMITJOBREQUEST']._serialized_start=417
-  _globals['_SUBMITJOBREQUEST']._serialized_end=573
-  _globals['_JOB']._serialized_start=576
-  _globals['_JOB']._serialized_end=979
-  _globals['_GETJOBREQUEST']._serialized_start=981
-  _globals['_GETJOBREQUEST']._serialized_end=1008
-  _globals['_WATCHJOBREQUEST']._serialized_start=1010
-  _globals['_WATCHJOBREQUEST']._serialized_end=1039
-  _globals['_CANCELJOBREQUEST']._serialized_start=1041
-  _globals['_CANCELJOBREQUEST']._serialized_end=1071
-  _globals['_LISTJOBSREQUEST']._serialized_start=1073
-  _globals['_LISTJOBSREQUEST']._serialized_end=1167
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1169
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1244
-  _globals['_UPLOADINPUTCHUNK']._serialized_start=1246
-  _globals['_UPLOADINPUTCHUNK']._serialized_end=1308
-  _globals['_UPLOADINPUTRESPONSE']._serialized_start=1310
-  _globals['_UPLOADINPUTRESPONSE']._serialized_end=1380
-  _globals['_FETCHRESULTREQUEST']._serialized_start=1382
-  _globals['_FETCHRESULTREQUEST']._serialized_end=1428
-  _globals['_RESULTCHUNK']._serialized_start=1430
-  _globals['_RESULTCHUNK']._serialized_end=1501
-  _globals['_JOBSERVICE']._serialized_start=1931
-  _globals['_JOBSERVICE']._serialized_end=2416
+  _globals['_INPUTFILEJOB']._serialized_end=466
+  _globals['_SUBMITJOBREQUEST']._serialized_start=469
+  _globals['_SUBMITJOBREQUEST']._serialized_end=625
+  _globals['_JOB']._serialized_start=628
+  _globals['_JOB']._serialized_end=1031
+  _globals['_GETJOBREQUEST']._serialized_start=1033
+  _globals['_GETJOBREQUEST']._serialized_end=1060
+  _globals['_WATCHJOBREQUEST']._serialized_start=1062
+  _globals['_WATCHJOBREQUEST']._serialized_end=1091
+  _globals['_CANCELJOBREQUEST']._serialized_start=1093
+  _globals['_CANCELJOBREQUEST']._serialized_end=1123
+  _globals['_LISTJOBSREQUEST']._serialized_start=1125
+  _globals['_LISTJOBSREQUEST']._serialized_end=1219
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1221
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1296
+  _globals['_UPLOADINPUTCHUNK']._serialized_start=1298
+  _globals['_UPLOADINPUTCHUNK']._serialized_end=1360
+  _globals['_UPLOADINPUTRESPONSE']._serialized_start=1362
+  _globals['_UPLOADINPUTRESPONSE']._serialized_end=1432
+  _globals['_FETCHRESULTREQUEST']._serialized_start=1434
+  _globals['_FETCHRESULTREQUEST']._serialized_end=1480
+  _globals['_RESULTCHUNK']._serialized_start=1482
+  _globals['_RESULTCHUNK']._serialized_end=1553
+  _globals['_JOBSERVICE']._serialized_start=1983
+  _globals['_JOBSERVICE']._serialized_end=2468
 # @@protoc_insertion_point(module_scope)

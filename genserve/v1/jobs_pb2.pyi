@@ -68,20 +68,24 @@ class GenerateImagesJob(_message.Message):
     def __init__(self, model: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., label: _Optional[int] = ..., chunk_size: _Optional[int] = ..., format: _Optional[_Union[OutputFormat, str]] = ..., preview: _Optional[bool] = ...) -> None: ...
 
 class InputFileJob(_message.Message):
-    __slots__ = ("model", "input_path", "upload_id", "input_format", "chunk_size", "top_k")
+    __slots__ = ("model", "input_path", "upload_id", "input_format", "chunk_size", "top_k", "seed", "max_new_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_PATH_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     input_path: str
     upload_id: str
     input_format: InputFormat
     chunk_size: int
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., input_path: _Optional[str] = ..., upload_id: _Optional[str] = ..., input_format: _Optional[_Union[InputFormat, str]] = ..., chunk_size: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+    seed: int
+    max_new_tokens: int
+    def __init__(self, model: _Optional[str] = ..., input_path: _Optional[str] = ..., upload_id: _Optional[str] = ..., input_format: _Optional[_Union[InputFormat, str]] = ..., chunk_size: _Optional[int] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("generate_images", "input_file", "client_token")

@@ -11,12 +11,15 @@ import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genserve.services.jobs import prompts
+
 from genserve.errors import InvalidArgumentError, QueueFullError
-from genserve.jobs import inputs
+from genserve.jobs import inputs, layout
 from genserve.jobs.store import QUEUED, new_id
 from genserve.protocol import ChunkPayload, bulk_queue_name
 from genserve.repository import Manifest
@@ -27,6 +30,9 @@ FORMATS = {jobs_pb2.OUTPUT_FORMAT_UNSPECIFIED: "npy", jobs_pb2.OUTPUT_FORMAT_NPY
 INPUT_FORMATS = {jobs_pb2.INPUT_FORMAT_UNSPECIFIED: "", jobs_pb2.INPUT_FORMAT_JSONL: "jsonl",
                  jobs_pb2.INPUT_FORMAT_NPY: "npy", jobs_pb2.INPUT_FORMAT_NPZ: "npz", jobs_pb2.INPUT_FORMAT_PNG_DIR: "png_dir"}
 JSONL_BYTES_PER_ITEM = 256  # estimate of one output line (id + top labels)
+TEXT_BYTES_PER_TOKEN = 8  # estimate of a generated token in an output line
+OPS = {"text_classifier": "classify", "image_classifier": "classify", "image_to_image": "denoise",
+       "autoregressive": "generate_text"}
 NPY_HEADER = 128
 
 
@@ -110,28 +116,36 @@ def generator(job: jobs_pb2.GenerateImagesJob, manifest: Manifest, settings: Set
 def resolve_input(root: Path, job: jobs_pb2.InputFileJob) -> Path:
     if bool(job.input_path) == bool(job.upload_id):
         raise InvalidArgumentError("give exactly one of input_path and upload_id")
+    given = job.input_path or job.upload_id
     relative = Path(job.input_path) if job.input_path else Path("uploads") / job.upload_id
-    if relative.is_absolute() or ".." in relative.parts:
-        raise InvalidArgumentError(f"input_path must be relative to the jobs volume, without '..', got {job.input_path!r}")
-    path = (root / relative).resolve()
-    if not path.exists():
-        raise InvalidArgumentError(f"input {relative} does not exist on the jobs volume")
+    if relative.is_absolute() or ".." in relative.parts or "\x00" in given:
+        raise InvalidArgumentError(f"input_path must be relative to the jobs volume, without '..', got {given!r}")
+    try:
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root.resolve()):  # a symlink out of the volume
+            raise InvalidArgumentError(f"input {relative} leads out of the jobs volume (a symbolic link?)")
+        if not path.exists():
+            raise InvalidArgumentError(f"input {relative} does not exist on the jobs volume")
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        raise InvalidArgumentError(f"cannot open input {given[:200]!r}: {exc}") from exc
     return path
 
 
-def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Settings, token: str) -> Plan:
+def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Settings, token: str,
+               tokenizer: Callable[[Manifest], prompts.Tokenizer] | None = None) -> Plan:
+    """`tokenizer(manifest)`: the text generator's tokenizer (text-generation jobs only)."""
     jobs = settings.jobs
-    op = {"text_classifier": "classify", "image_classifier": "classify", "image_to_image": "denoise"}.get(manifest.loop)
+    path = resolve_input(jobs.root, job)
+    op = OPS.get(manifest.loop)
     if op is None:
         raise InvalidArgumentError(f"model {manifest.ref} is a {manifest.loop}; input-file jobs take a text or "
-                                   "image classifier or a denoiser")
-    path = resolve_input(jobs.root, job)
+                                   "image classifier, a denoiser or a text generator")
     chunk = _chunk_size(job.chunk_size, jobs)
     try:
         fmt = inputs.format_of(path, INPUT_FORMATS.get(job.input_format, ""))
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from exc
-    if (fmt == "jsonl") != (manifest.loop == "text_classifier"):
+    if (fmt == "jsonl") != (manifest.loop in ("text_classifier", "autoregressive")):
         raise InvalidArgumentError(f"model {manifest.ref} ({manifest.loop}) cannot read {fmt} input")
     offsets = None
     try:
@@ -147,10 +161,30 @@ def input_file(job: jobs_pb2.InputFileJob, manifest: Manifest, settings: Setting
     if op == "classify" and not 1 <= top_k <= len(labels):
         raise InvalidArgumentError(f"top_k must be 1..{len(labels)}, got {top_k}")
     image = manifest.image
-    per_item = 4 * image.channels * image.height * image.width if op == "denoise" else JSONL_BYTES_PER_ITEM * top_k
+    per_item = (4 * image.channels * image.height * image.width if op == "denoise"
+                else JSONL_BYTES_PER_ITEM + TEXT_BYTES_PER_TOKEN * int(manifest.config.get("block_size", 0))
+                if op == "generate_text" else JSONL_BYTES_PER_ITEM * top_k)
     check_space(jobs.root, total * per_item, jobs)
     spec = {"kind": "input_file", "op": op, "model": manifest.ref, "input": str(path), "input_format": fmt,
             "top_k": top_k, "chunk_size": chunk, "labels": labels, "channels": image.channels if image else 0,
-            "image_shape": [image.channels, image.height, image.width] if image else []}
+            "size": [image.height, image.width] if image else []}
+    if op == "generate_text":
+        spec.update(source=str(path), seed=job.seed if job.HasField("seed") else secrets.randbits(63),
+                    max_new_tokens=job.max_new_tokens or prompts.DEFAULT_MAX_NEW_TOKENS)
     record = _record("input_file", manifest, spec, total, chunk, settings, token)
+    if op == "generate_text":
+        offsets = _prepare_prompts(record, spec, manifest, settings, tokenizer, chunk)
     return Plan(record, _chunks(record["id"], total, chunk, offsets), bulk_queue_name(settings.queue_prefix, manifest.name))
+
+
+def _prepare_prompts(record: dict[str, Any], spec: dict[str, Any], manifest: Manifest, settings: Settings,
+                     tokenizer: Callable[[Manifest], prompts.Tokenizer] | None, chunk: int) -> list[int]:
+    """Check every line into the job's prompts.jsonl, which its chunks then read; its offsets."""
+    if tokenizer is None:
+        raise InvalidArgumentError(f"model {manifest.ref}: text-generation jobs need the gateway's tokenizer")
+    target = Path(record["dir"]) / layout.PROMPTS
+    refused = prompts.prepare(Path(spec["source"]), target, manifest, settings.limits, tokenizer(manifest),
+                              spec["seed"], spec["max_new_tokens"])
+    spec["input"], spec["refused"] = str(target), refused
+    record["spec"] = json.dumps(spec)
+    return inputs.plan_jsonl(target, chunk)[1]

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import logging
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,13 +27,16 @@ from genserve.jobs.store import ACTIVE, CANCELLED, TERMINAL, JobStore
 from genserve.protocol import bulk_queue_name
 from genserve.services.jobs import planner
 from genserve.services.jobs.convert import NAMES, to_proto
+from genserve.repository import Manifest
 from genserve.services.catalog import ModelCatalog
 from genserve.settings import Settings
+from genserve.tokenization import TextCodec
 from genserve.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
 
 FETCH_PIECE = 1 << 20  # bytes per ResultChunk
+MAX_NAME_BYTES = 200  # of an uploaded file's name (the id adds 13; file systems allow 255)
 MAINTAIN_S = 5.0  # how often `maintain` runs
 UNPUBLISHED_GRACE_S = 30.0  # a submit still publishing after this long was cut off
 
@@ -45,6 +49,9 @@ class JobService:
         self.store = store
         self.publisher = publisher
         self._task: asyncio.Task | None = None
+        self._codecs: dict[str, TextCodec] = {}
+        self.states: dict[str, int] = {}  # jobs by state at the last upkeep pass (genserve_jobs)
+        self._codecs_lock = threading.Lock()
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -59,12 +66,16 @@ class JobService:
                 return await self.get(existing)
         plan = await self._call(self._plan, request, token)
         if await self._call(self.store.active_count) >= self.jobs.max_active_jobs:
+            shutil.rmtree(plan.record["dir"], ignore_errors=True)  # a text job's prompts.jsonl
             raise planner.ResourceExhaustedError(
                 f"{self.jobs.max_active_jobs} jobs are queued or running (jobs.max_active_jobs); retry later")
         echoed = jobs_pb2.SubmitJobRequest()
         echoed.CopyFrom(request)
+        spec = results.spec_of(plan.record)
         if request.WhichOneof("spec") == "generate_images":
-            echoed.generate_images.seed = results.spec_of(plan.record)["seed"]
+            echoed.generate_images.seed = spec["seed"]
+        elif spec["op"] == "generate_text":
+            echoed.input_file.seed = spec["seed"]
         plan.record["request"] = base64.b64encode(echoed.SerializeToString()).decode()
         record, created = await self._call(self.store.create, plan.record, token)
         if created:
@@ -72,6 +83,8 @@ class JobService:
             await self._call(self.publisher.publish, plan.queue, plan.chunks)
             await self._call(self.store.update, record["id"], enqueued=1)
             log.info("job %s: %d items in %d chunks on %s", record["id"], record["total"], record["chunks"], plan.queue)
+        else:  # the same token won a race: drop what this plan wrote
+            shutil.rmtree(plan.record["dir"], ignore_errors=True)
         return await self.get(record["id"])
 
     def _plan(self, request: jobs_pb2.SubmitJobRequest, token: str) -> planner.Plan:
@@ -80,8 +93,17 @@ class JobService:
             raise InvalidArgumentError("give a job: generate_images or input_file")
         job = getattr(request, kind)
         manifest = self.catalog.resolve(job.model)
-        build = planner.generator if kind == "generate_images" else planner.input_file
-        return build(job, manifest, self.settings, token)
+        if kind == "generate_images":
+            return planner.generator(job, manifest, self.settings, token)
+        return planner.input_file(job, manifest, self.settings, token, self.codec)
+
+    def codec(self, manifest: Manifest) -> TextCodec:
+        """A text generator's tokenizer, loaded once per version (sha256 checked)."""
+        with self._codecs_lock:
+            if manifest.ref not in self._codecs:
+                directory = self.catalog.repository.root / manifest.name / manifest.version
+                self._codecs[manifest.ref] = TextCodec.load(directory, manifest)
+            return self._codecs[manifest.ref]
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -162,8 +184,9 @@ class JobService:
         if first is None or first.WhichOneof("part") != "filename":
             raise InvalidArgumentError("an upload starts with a message holding its filename")
         name = Path(first.filename).name
-        if not name or name.startswith("."):
-            raise InvalidArgumentError(f"filename must be a plain file name, got {first.filename!r}")
+        if not name or name.startswith(".") or "\x00" in name or len(name.encode()) > MAX_NAME_BYTES:
+            raise InvalidArgumentError(f"filename must be a plain file name of at most {MAX_NAME_BYTES} bytes, "
+                                       f"got {first.filename[:200]!r}")
         upload_id = f"{uuid.uuid4().hex[:12]}-{name}"
         path = self.jobs.root / "uploads" / upload_id
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,12 +208,17 @@ class JobService:
     async def fetch(self, request: jobs_pb2.FetchResultRequest) -> AsyncIterator[jobs_pb2.ResultChunk]:
         record = await self._call(self._load, request.id)
         relative = request.path or layout.MANIFEST
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative!r}")
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or "\x00" in relative:
+            raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative[:200]!r}")
         path = Path(record["dir"]) / relative
-        if not path.is_file():
-            raise JobNotFoundError(f"job {request.id} has no file {relative!r} (yet)")
-        size = path.stat().st_size
+        try:
+            if not path.resolve().is_relative_to(Path(record["dir"]).resolve()):
+                raise InvalidArgumentError(f"path {relative!r} leads out of the job's folder")
+            if not path.is_file():
+                raise JobNotFoundError(f"job {request.id} has no file {relative!r} (yet)")
+            size = path.stat().st_size
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            raise InvalidArgumentError(f"cannot open {relative[:200]!r}: {exc}") from exc
         with open(path, "rb") as f:
             offset = 0
             while True:
@@ -225,12 +253,14 @@ class JobService:
     def maintain(self) -> None:
         now = time.time()
         offset = 0
+        states = dict.fromkeys(NAMES.values(), 0)
         while ids := self.store.list(offset, 500):
             offset += len(ids)
             for job_id in ids:
                 record = self.store.get(job_id)
                 if record is None:
                     continue
+                states[record["state"]] = states.get(record["state"], 0) + 1
                 if record["state"] in ACTIVE:
                     if not record["enqueued"] and now - record["created"] > UNPUBLISHED_GRACE_S:
                         self.republish(record)
@@ -241,7 +271,9 @@ class JobService:
                 elif record["finished"] and now - record["finished"] > self.jobs.retention_hours * 3600:
                     shutil.rmtree(record["dir"], ignore_errors=True)
                     self.store.delete(job_id)
+                    states[record["state"]] -= 1
                     log.info("job %s expired: record and files deleted", job_id)
+        self.states = states
 
     def republish(self, record: dict[str, Any], only: set[int] | None = None) -> int:
         """Publish every chunk not done yet, or those of `only` (a chunk published twice runs

@@ -2,7 +2,9 @@
 call ends OK or with a client-error status, never INTERNAL or UNKNOWN, and the gateway keeps
 serving. Example counts are bounded (seconds per RPC).
 
-JobService lands on another branch: add its requests to FUZZED (RPC path, strategy) there.
+JobService's RPCs run against an embedded gateway of their own, whose jobs volume holds an
+input file and symbolic links leading out of it (a file and a folder): every path that leaves
+the volume must be refused with INVALID_ARGUMENT, never read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from genserve.oip import grpc_predict_v2_pb2 as v2
-from genserve.v1 import inference_pb2, models_pb2, tensor_pb2
+from genserve.v1 import inference_pb2, jobs_pb2, models_pb2, tensor_pb2
 
 CLIENT_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
@@ -67,6 +69,23 @@ infer_requests = st.builds(
                        st.none() | st.binary(max_size=128), st.lists(floats, max_size=8)), max_size=3),
     st.integers(0, 3), st.lists(st.sampled_from(["image", "nope"]), max_size=2))
 
+paths = st.sampled_from(["", "inputs/x.npy", "link.npy", "dirlink/x.npy", "loop", "../x.npy", "/etc/passwd",
+                         "inputs/../../x.npy", "inputs/x.npy\x00", "nope.jsonl", "inputs", "x" * 300,
+                         "uploads/../link.npy"]) | st.text(max_size=40)
+generate_jobs = st.builds(
+    lambda model, count, seed, label, chunk, fmt, preview: jobs_pb2.SubmitJobRequest(generate_images=jobs_pb2.GenerateImagesJob(
+        model=model, count=count, seed=seed, label=label, chunk_size=chunk, format=fmt, preview=preview)),
+    names, st.sampled_from([0, 1, 3, 1 << 40, (1 << 64) - 1]) | st.integers(0, (1 << 64) - 1),
+    st.integers(0, (1 << 64) - 1), st.integers(-(1 << 31), (1 << 31) - 1),
+    st.sampled_from([0, 1, 65_536, 65_537, (1 << 32) - 1]) | st.integers(0, (1 << 32) - 1), enums, st.booleans())
+input_jobs = st.builds(
+    lambda model, path, upload, fmt, chunk, top_k, seed, n: jobs_pb2.SubmitJobRequest(input_file=jobs_pb2.InputFileJob(
+        model=model, input_path=path, upload_id=upload, input_format=fmt, chunk_size=chunk, top_k=top_k, seed=seed,
+        max_new_tokens=n)),
+    names, paths, st.sampled_from(["", "../link.npy", "/etc/passwd", "nope"]) | st.text(max_size=20), enums,
+    st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 32) - 1))
+job_ids = st.sampled_from(["", "job-0000000000000000", "../x", "x" * 300]) | st.text(max_size=40)
+
 FUZZED = [
     ("/genserve.v1.InferenceService/GenerateImages", image_requests, False),
     ("/genserve.v1.InferenceService/Denoise", denoise_requests, False),
@@ -78,6 +97,16 @@ FUZZED = [
     ("/inference.GRPCInferenceService/ModelInfer", infer_requests, False),
     ("/inference.GRPCInferenceService/ModelMetadata",
      st.builds(lambda n, v: v2.ModelMetadataRequest(name=n, version=v), names, st.text(max_size=8)), False),
+]
+JOB_RPCS = [
+    ("/genserve.v1.JobService/SubmitJob", generate_jobs, False),
+    ("/genserve.v1.JobService/SubmitJob", input_jobs, False),
+    ("/genserve.v1.JobService/GetJob", st.builds(lambda i: jobs_pb2.GetJobRequest(id=i), job_ids), False),
+    ("/genserve.v1.JobService/WatchJob", st.builds(lambda i: jobs_pb2.WatchJobRequest(id=i), job_ids), True),
+    ("/genserve.v1.JobService/CancelJob", st.builds(lambda i: jobs_pb2.CancelJobRequest(id=i), job_ids), False),
+    ("/genserve.v1.JobService/ListJobs", st.builds(lambda n, t, s: jobs_pb2.ListJobsRequest(page_size=n, page_token=t, state=s),
+                                                   st.integers(0, (1 << 32) - 1), st.text(max_size=12), enums), False),
+    ("/genserve.v1.JobService/FetchResult", st.builds(lambda i, p: jobs_pb2.FetchResultRequest(id=i, path=p), job_ids, paths), True),
 ]
 
 
@@ -105,6 +134,77 @@ def test_fuzzed_requests_get_client_errors_never_internal(embedded, path, strate
 
     check()
     assert embedded.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=20)
+
+
+@pytest.fixture(scope="module")
+def jobs_embedded(repo, tmp_path_factory):
+    """An embedded gateway whose jobs volume has an input and symbolic links leading out of it."""
+    from genserve.settings import GatewaySettings, JobSettings, Settings
+    from tests.support import GatewayThread
+
+    outside = tmp_path_factory.mktemp("outside")
+    np.save(outside / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    root = tmp_path_factory.mktemp("jobs-volume")
+    (root / "inputs").mkdir()
+    np.save(root / "inputs" / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
+    (root / "link.npy").symlink_to(outside / "x.npy")
+    (root / "dirlink").symlink_to(outside)
+    (root / "loop").symlink_to(root / "loop")
+    jobs = JobSettings(root=root, max_active_jobs=1, max_items=100_000)
+    with GatewayThread(Settings(model_repository=repo, gateway=GatewaySettings(port=0), jobs=jobs)) as running:
+        yield running
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("path,strategy,streaming", JOB_RPCS,
+                         ids=[f"{p.rsplit('/', 1)[1]}-{i}" for i, (p, _, _) in enumerate(JOB_RPCS)])
+def test_fuzzed_job_requests_get_client_errors_never_internal(jobs_embedded, path, strategy, streaming):
+    """Unknown models, counts 0 and huge, bad chunk sizes and formats, paths out of the volume, odd ids."""
+
+    @FUZZ
+    @given(strategy)
+    def check(request):
+        code = _call(jobs_embedded, path, request.SerializeToString(), streaming)
+        assert code in CLIENT_ERRORS, f"{path} answered {code.name} to {request!r:.300}"
+
+    check()
+    assert jobs_embedded.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=20)
+
+
+def _submit_code(gateway, **spec: object) -> grpc.StatusCode:
+    request = jobs_pb2.SubmitJobRequest(input_file=jobs_pb2.InputFileJob(model="vae", **spec))
+    return _call(gateway, "/genserve.v1.JobService/SubmitJob", request.SerializeToString(), False)
+
+
+def test_job_inputs_outside_the_volume_are_invalid_argument(jobs_embedded):
+    """'..', absolute paths, symlinks to a file or a folder outside, loops, NUL: INVALID_ARGUMENT."""
+    from genserve.services.jobs import planner
+
+    root = jobs_embedded.settings.jobs.root
+    for given in ("../x.npy", "/etc/passwd", "inputs/../../x.npy", "link.npy", "dirlink/x.npy", "loop", "a\x00b", "x" * 5000):
+        with pytest.raises(planner.InvalidArgumentError):
+            planner.resolve_input(root, jobs_pb2.InputFileJob(input_path=given))
+        assert _submit_code(jobs_embedded, input_path=given) == grpc.StatusCode.INVALID_ARGUMENT, given
+    for upload in ("../link.npy", "/etc/passwd", "../dirlink/x.npy"):
+        assert _submit_code(jobs_embedded, upload_id=upload) == grpc.StatusCode.INVALID_ARGUMENT, upload
+    assert planner.resolve_input(root, jobs_pb2.InputFileJob(input_path="inputs/x.npy")) == (root / "inputs" / "x.npy").resolve()
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(st.lists(st.one_of(st.builds(lambda n: jobs_pb2.UploadInputChunk(filename=n),
+                                    st.sampled_from(["", ".hidden", "../x.jsonl", "a\x00b", "x" * 400, "ok.jsonl"])
+                                    | st.text(max_size=30)),
+                          st.builds(lambda d: jobs_pb2.UploadInputChunk(data=d), st.binary(max_size=64))), max_size=4))
+def test_fuzzed_uploads_get_client_errors_never_internal(jobs_embedded, chunks):
+    """Uploads without a filename first, odd names, several names: a client error or OK, never INTERNAL."""
+    method = jobs_embedded.channel.stream_unary("/genserve.v1.JobService/UploadInput")
+    try:
+        method(iter([c.SerializeToString() for c in chunks]), timeout=20)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+    assert code in CLIENT_ERRORS, f"UploadInput answered {code.name} to {chunks!r:.300}"
 
 
 @pytest.mark.timeout(60)

@@ -63,13 +63,18 @@ class ChunkRunner:
             message = f"{type(exc).__name__}: {exc}"
             log.warning("job %s chunk %d attempt %d failed: %s", job_id, chunk, attempt, message)
             self.store.update(job_id, last_error=message)
-            return "retry" if attempt < record["max_attempts"] else self._give_up(record, payload, message)
+            if attempt < record["max_attempts"]:
+                self.store.count(f"chunks|{_model(record)}|retried")
+                return "retry"
+            return self._give_up(record, payload, message)
         self._complete(record, payload, shard)
         return "done"
 
-    def _complete(self, record: dict[str, Any], payload: dict[str, Any], shard: dict[str, Any]) -> None:
+    def _complete(self, record: dict[str, Any], payload: dict[str, Any], shard: dict[str, Any],
+                  outcome: str = "done") -> None:
+        spec = results.spec_of(record)
         done = self.store.complete_chunk(record["id"], int(payload["chunk"]), shard, int(payload["count"]),
-                                         int(shard.get("failed", 0)))
+                                         int(shard.get("failed", 0)), spec.get("op", spec["kind"]), outcome)
         if done >= record["chunks"]:
             results.finalize(self.store, record["id"])
 
@@ -77,18 +82,21 @@ class ChunkRunner:
         chunk, start, count = int(payload["chunk"]), int(payload["start"]), int(payload["count"])
         error = f"chunk {chunk} (items {start}..{start + count - 1}) failed {record['max_attempts']} times: {message}"
         if record["kind"] == "generate_images":
+            self.store.count(f"chunks|{_model(record)}|failed")
             results.fail(self.store, record["id"], error)
             return "failed"
         folder = Path(record["dir"])  # input-file job: its items become error lines, the job goes on
         lines = [{"line": start + i, "error": error} for i in range(count)]
         part = layout.write_file(folder, layout.shard_name("errors", chunk, ".jsonl"), _jsonl(lines), start, count)
-        self._complete(record, payload, {"files": [], "errors": part["path"], "failed": count})
+        self._complete(record, payload, {"files": [], "errors": part["path"], "failed": count}, "failed")
         return "failed"
 
     def _run(self, record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         spec = results.spec_of(record)
         if spec["kind"] == "generate_images":
             return self._generate(record, spec, payload)
+        if spec["op"] == "generate_text":
+            return self._generations(record, spec, payload)
         if spec["input_format"] == "jsonl":
             return self._texts(record, spec, payload)
         return self._images(record, spec, payload)
@@ -151,14 +159,32 @@ class ChunkRunner:
         ids = [(line, item_id) for line, item_id, _ in good]
         return self._write_outputs(record, payload, ids, outcomes, errors, provider)
 
+    def _generations(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """The chunk's prompts (checked by the gateway into prompts.jsonl) as one generate_text
+        message: the handler submits them all to the decode scheduler, so they share steps."""
+        start, count = int(payload["start"]), int(payload["count"])
+        tasks, kept, errors = [], [], []
+        for _, raw in inputs.read_jsonl(Path(spec["input"]), int(payload["offset"]), start, count):
+            row = json.loads(raw)
+            if "error" in row:
+                errors.append(row)
+            else:
+                tasks.append(row["task"])
+                kept.append((row["line"], row["id"]))
+        outcomes, provider = self._call(record, "generate_text", tasks) if tasks else ([], "")
+        for outcome, task in zip(outcomes, tasks):
+            outcome["seed"] = task["seed"]
+        return self._write_outputs(record, payload, kept, outcomes, errors, provider)
+
     def _images(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         start, count = int(payload["start"]), int(payload["count"])
         ids, items = inputs.read_images(Path(spec["input"]), spec["input_format"], start, count)
         requests, kept, errors = [], [], []
         for i, (item_id, item) in enumerate(zip(ids, items)):
             try:
-                image = png_decode(item, spec["channels"]) if isinstance(item, bytes) else item
-                image = inputs.check_image(image, spec["image_shape"])
+                image = png_decode(item, spec["channels"]) if isinstance(item, bytes) else np.asarray(item, np.float32)
+                image = image[None] if image.ndim == 2 else image
+                _check_image(image, spec)
             except Exception as exc:
                 errors.append({"id": item_id, "line": start + i, "error": str(exc)})
                 continue
@@ -176,6 +202,9 @@ class ChunkRunner:
         for (line, item_id), outcome in zip(ids, outcomes):
             if not outcome["ok"]:
                 errors.append({"id": item_id, "line": line, "error": outcome["message"]})
+            elif "finish_reason" in outcome:
+                lines.append({"id": item_id, "line": line, "text": outcome["text"], "tokens": len(outcome["tokens"]),
+                              "finish_reason": outcome["finish_reason"], "seed": outcome["seed"]})
             elif "top" in outcome:
                 top = [{"label": labels[i] if i < len(labels) else str(i), "index": i, "score": p} for i, p in outcome["top"][0]]
                 lines.append({"id": item_id, "line": line, "top": top})
@@ -192,6 +221,20 @@ class ChunkRunner:
         errors.sort(key=lambda e: e["line"])
         part = layout.write_file(folder, layout.shard_name("errors", chunk, ".jsonl"), _jsonl(errors), start, count)
         return {"files": files, "errors": part["path"], "failed": len(errors), "provider": provider}
+
+
+def _check_image(image: np.ndarray, spec: dict[str, Any]) -> None:
+    """What the gateway checks of an online request's image (the serving loops trust it):
+    items of a job come from a file, so they are checked here, each alone."""
+    expected = (spec["channels"], *spec.get("size", image.shape[1:]))
+    if image.shape != tuple(expected):
+        raise ValueError(f"image must be {tuple(expected)} (C, H, W), got {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image has NaN or infinite values")
+
+
+def _model(record: dict[str, Any]) -> str:
+    return record["model"].partition(":")[0]
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
