@@ -181,10 +181,10 @@ def test_job_inputs_outside_the_volume_are_invalid_argument(jobs_embedded):
     from genserve.services.jobs import planner
 
     root = jobs_embedded.settings.jobs.root
-    for given in ("../x.npy", "/etc/passwd", "inputs/../../x.npy", "link.npy", "dirlink/x.npy", "loop", "a\x00b", "x" * 5000):
+    for path in ("../x.npy", "/etc/passwd", "inputs/../../x.npy", "link.npy", "dirlink/x.npy", "loop", "a\x00b", "x" * 5000):
         with pytest.raises(planner.InvalidArgumentError):
-            planner.resolve_input(root, jobs_pb2.InputFileJob(input_path=given))
-        assert _submit_code(jobs_embedded, input_path=given) == grpc.StatusCode.INVALID_ARGUMENT, given
+            planner.resolve_input(root, jobs_pb2.InputFileJob(input_path=path))
+        assert _submit_code(jobs_embedded, input_path=path) == grpc.StatusCode.INVALID_ARGUMENT, path
     for upload in ("../link.npy", "/etc/passwd", "../dirlink/x.npy"):
         assert _submit_code(jobs_embedded, upload_id=upload) == grpc.StatusCode.INVALID_ARGUMENT, upload
     assert planner.resolve_input(root, jobs_pb2.InputFileJob(input_path="inputs/x.npy")) == (root / "inputs" / "x.npy").resolve()
