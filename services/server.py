@@ -106,7 +106,6 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
     catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)
     jobs = create_job_service(settings, catalog, dispatcher)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
