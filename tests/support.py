@@ -97,3 +97,26 @@ class GatewayThread:
         self.call(self.gateway.stop(0.5))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+def tiny_onnx(path: Path, external_location: str = "", doc: str = "") -> Path:
+    """A one-MatMul ONNX graph (z (N, 4) -> image (N, 4)) without torch; with
+    `external_location`, its weight is stored as external data that names that location."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["z", "w"], ["image"])], "tiny",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string=doc)
+    if external_location:
+        onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+        model = onnx.load(str(path), load_external_data=False)
+        for entry in model.graph.initializer[0].external_data:
+            if entry.key == "location":
+                entry.value = external_location
+    onnx.save_model(model, str(path))
+    return path
