@@ -114,6 +114,8 @@ def resolve_input(root: Path, job: jobs_pb2.InputFileJob) -> Path:
     if relative.is_absolute() or ".." in relative.parts:
         raise InvalidArgumentError(f"input_path must be relative to the jobs volume, without '..', got {job.input_path!r}")
     path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):  # a symlink on the volume that leads out of it
+        raise InvalidArgumentError(f"input_path must stay on the jobs volume; {job.input_path!r} leads outside it")
     if not path.exists():
         raise InvalidArgumentError(f"input {relative} does not exist on the jobs volume")
     return path

@@ -188,6 +188,8 @@ class JobService:
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative!r}")
         path = Path(record["dir"]) / relative
+        if not path.resolve().is_relative_to(Path(record["dir"]).resolve()):  # a symlink leading out of the job
+            raise InvalidArgumentError(f"path must be a file of the job (one of Job.artifacts), got {relative!r}")
         if not path.is_file():
             raise JobNotFoundError(f"job {request.id} has no file {relative!r} (yet)")
         size = path.stat().st_size
