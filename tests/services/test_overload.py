@@ -110,3 +110,31 @@ def test_health_is_not_serving_as_soon_as_the_stop_begins(repo: Path):
         gw.call(gw.gateway.set_health(False))
         status = health_pb2_grpc.HealthStub(gw.channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_cancelled_unary_calls_free_their_batcher_places(repo: Path, redis_url: str):
+    """No worker, one batch in flight at most: cancelled calls (the one in flight and those queued
+    behind it) bring the batcher's pending count back to 0 at once, so the admission limit
+    counts only clients still waiting."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    settings = distributed_settings(repo, redis_url, prefix)
+    settings.gateway.max_pending_requests = 3
+    settings.batching.max_inflight_batches = 1
+    with GatewayThread(settings) as gw:
+        request = inference_pb2.GenerateImagesRequest(model="vae", count=1, seed=3)
+        calls = [gw.inference.GenerateImages.future(request, timeout=60) for _ in range(3)]
+        time.sleep(1.0)
+        (batcher,) = gw.gateway.dispatcher.batchers().values()
+        assert batcher.pending == 3
+        for call in calls:
+            call.cancel()
+        deadline = time.monotonic() + 5
+        while batcher.pending or batcher.inflight:
+            assert time.monotonic() < deadline, f"pending {batcher.pending} after every call was cancelled"
+            time.sleep(0.05)
+        again = [gw.inference.GenerateImages.future(request, timeout=60) for _ in range(3)]
+        time.sleep(0.5)
+        assert not any(f.done() for f in again)  # admitted (not RESOURCE_EXHAUSTED), waiting
+        for call in again:
+            call.cancel()
+    redis.Redis.from_url(redis_url).delete(f"{prefix}.vae")
