@@ -184,7 +184,9 @@ def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_c
         server.terminate()
         server.wait(timeout=10)
     assert not wrong, wrong[:3]
-    code = lambda c: c.split(":")[0]  # noqa: E731
+    def code(c: str) -> str:
+        return c.split(":")[0]
+
     assert {code(c) for _, c, _, _ in ended} <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
     # A call already waiting on a result or stream when Redis went away may end at its deadline
     # (its subscription died with the connection); any call started later ends OK or UNAVAILABLE.
