@@ -12,7 +12,7 @@ RUNTIME ?= cpu
 REPO   ?= model_repository
 PORT   ?= 0
 
-.PHONY: install demo test models bench proto tritonclient compose-check clean
+.PHONY: install demo test models bench soak proto tritonclient compose-check clean
 
 install: $(VENV)/.installed-$(RUNTIME)
 
@@ -36,6 +36,11 @@ test: install
 ## models: build the default model zoo into $(REPO) (skips models that already exist).
 models: install
 	GENSERVE_MODEL_REPOSITORY=$(REPO) scripts/models.sh
+
+## soak: mixed RPCs and a batch job while workers are SIGKILLed and a private Redis restarts
+## (not part of `make test`); SOAK_ARGS="--requests 20000 --concurrency 32" for a long run.
+soak: install models
+	$(BIN)/python scripts/soak.py --repository $(REPO) $(SOAK_ARGS)
 
 ## bench: start Redis + gateway + workers as separate processes and print the tables.
 bench: install models

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, Field
 
@@ -183,17 +183,66 @@ class ModelRepository:
         return self.root / manifest.name / manifest.version / manifest.files[role].path
 
     def verified_path(self, manifest: Manifest, role: str = "model") -> Path:
-        """Path of an ONNX file after checking its sha256 against the manifest."""
+        """Path of an ONNX file after checking, before anything loads it: the file and every
+        external-data file it names stay inside the version's directory (no '..', absolute
+        path or symlink leading out), its sha256 matches the manifest, it parses as ONNX."""
+        directory = (self.root / manifest.name / manifest.version).resolve()
+        named = manifest.files[role].path
         path = self.file_path(manifest, role)
+        if not _inside(path, directory):
+            raise ModelNotReadyError(f"{manifest.ref}: file {named!r} leaves the version directory; refusing to load it")
         if not path.is_file():
-            raise ModelNotReadyError(f"{manifest.ref}: file {manifest.files[role].path} is missing")
+            raise ModelNotReadyError(f"{manifest.ref}: file {named} is missing")
         actual = sha256_file(path)
         if actual != manifest.files[role].sha256:
             raise ModelNotReadyError(
-                f"{manifest.ref}: sha256 of {manifest.files[role].path} is {actual[:12]}..., "
+                f"{manifest.ref}: sha256 of {named} is {actual[:12]}..., "
                 f"the manifest says {manifest.files[role].sha256[:12]}...; refusing to load it"
             )
+        check_external_data(path, directory, f"{manifest.ref}: {named}")
         return path
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path`, symlinks followed, lies in `directory` (already resolved)."""
+    return path.resolve().is_relative_to(directory)
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX graph that can hold external data, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _tensors(sub)
+
+
+def check_external_data(path: Path, directory: Path, what: str) -> None:
+    """Parse the graph without its weights; refuse a file that is not ONNX and any external
+    data `location` that resolves outside `directory` (ONNX Runtime would open it as named)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelNotReadyError(f"{what} is not a valid ONNX file ({type(exc).__name__}); refusing to load it") from exc
+    if model.ir_version == 0 or not model.graph.output:  # an empty or truncated file parses as an empty model
+        raise ModelNotReadyError(f"{what} is not a valid ONNX file (no graph); refusing to load it")
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not location or Path(location).is_absolute() or not _inside(path.parent / location, directory):
+            raise ModelNotReadyError(
+                f"{what}: external data {location[:80]!r} of tensor {tensor.name[:40]!r} leaves the version "
+                "directory; refusing to load it"
+            )
 
 
 def next_version(root: Path, name: str) -> str:

@@ -36,6 +36,8 @@ class Waiting:
     deadline: float  # wall-clock seconds
     enqueued: float  # loop time
     future: asyncio.Future = field(repr=False)
+    batch: list[Waiting] | None = field(default=None, repr=False)  # set when its batch is sent
+    task: asyncio.Task | None = field(default=None, repr=False)  # the task sending that batch
 
 
 @dataclass
@@ -90,8 +92,22 @@ class Batcher:
         waiting = Waiting(request, samples, deadline, loop.time(), loop.create_future())
         self._queue.append(waiting)
         self._pending += 1
+        waiting.future.add_done_callback(lambda _, w=waiting: self._cancelled(w))
         self._schedule()
         return waiting.future
+
+    def _cancelled(self, waiting: Waiting) -> None:
+        """A client gave up (cancel, deadline): free its place now, not when its batch returns.
+        Still queued: it leaves the queue. In flight: once every request of its batch has given
+        up, the send is cancelled (the message left in Redis expires at its deadline)."""
+        if not waiting.future.cancelled():
+            return
+        if waiting.batch is None:
+            if waiting in self._queue:
+                self._queue.remove(waiting)
+                self._pending -= 1
+        elif waiting.task is not None and all(w.future.cancelled() for w in waiting.batch):
+            waiting.task.cancel()
 
     def _schedule(self) -> None:
         if not self._queue or self._closed:
@@ -143,6 +159,8 @@ class Batcher:
             now = asyncio.get_running_loop().time()
             self._observer.sent([now - w.enqueued for w in batch], sum(w.samples for w in batch))
         task = asyncio.get_running_loop().create_task(self._run(batch))
+        for waiting in batch:
+            waiting.batch, waiting.task = batch, task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -164,8 +182,8 @@ class Batcher:
             for waiting in batch:
                 if not waiting.future.done():
                     waiting.future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if isinstance(exc, asyncio.CancelledError) and self._closed:
+                raise  # close() cancelled it; a batch whose clients all left just ends
         finally:
             self._inflight -= 1
             self._pending -= len(batch)

@@ -26,6 +26,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     errors.BrokerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     errors.NotImplementedYetError: grpc.StatusCode.UNIMPLEMENTED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,  # a worker-side failure, already reduced to a short message
 }
 
 

@@ -97,3 +97,69 @@ class GatewayThread:
         self.call(self.gateway.stop(0.5))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+def tiny_onnx(path: Path, external_location: str = "", doc: str = "") -> Path:
+    """A one-MatMul ONNX graph (z (N, 4) -> image (N, 4)) without torch; with
+    `external_location`, its weight is stored as external data that names that location."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["z", "w"], ["image"])], "tiny",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string=doc)
+    if external_location:
+        onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+        model = onnx.load(str(path), load_external_data=False)
+        for entry in model.graph.initializer[0].external_data:
+            if entry.key == "location":
+                entry.value = external_location
+    onnx.save_model(model, str(path))
+    return path
+
+
+POISON = 1e6  # a latent above this makes a poisoned model fail (tests of poison requests)
+
+
+def poisoned_copy(version_dir: Path, root: Path, name: str) -> Path:
+    """Copy a latent_sampler version as `<root>/<name>/1` whose graph fails (a Reshape to width
+    4 + 1000003) whenever any latent exceeds POISON, and runs unchanged otherwise."""
+    import json
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from genserve.repository import MANIFEST, sha256_file
+
+    folder = root / name / "1"
+    shutil.copytree(version_dir, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    for node in model.graph.node:
+        node.input[:] = ["z_guarded" if i == "z" else i for i in node.input]
+    const = lambda n, v, t=TensorProto.INT64: helper.make_node(  # noqa: E731
+        "Constant", [], [n], value=helper.make_tensor(n, t, [len(v)] if isinstance(v, list) else [], v))
+    guard = [
+        helper.make_node("ReduceMax", ["z"], ["z_max"], keepdims=0),
+        const("limit", [POISON], TensorProto.FLOAT), const("wide", [1000003]), const("four", [4]),
+        const("minus_one", [-1]),
+        helper.make_node("Greater", ["z_max", "limit"], ["bad"]),
+        helper.make_node("Cast", ["bad"], ["bad_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["bad_i", "wide"], ["extra"]),
+        helper.make_node("Add", ["four", "extra"], ["width"]),
+        helper.make_node("Concat", ["minus_one", "width"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["z", "shape"], ["z_guarded"]),
+    ]
+    nodes = guard + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save_model(model, str(folder / "model.onnx"))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["name"] = name
+    manifest["files"]["model"]["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder

@@ -147,7 +147,12 @@ class ModelCache:
             raise ModelNotReadyError(f"{manifest.ref} has no {role!r} graph")
         started = time.perf_counter()
         path = self.repository.verified_path(manifest, role)
-        model = OnnxModel.load(str(path), self.settings, manifest.serving.intra_op_threads)
+        try:
+            model = OnnxModel.load(str(path), self.settings, manifest.serving.intra_op_threads)
+        except Exception as exc:  # verified but ONNX Runtime refuses it: the model is not servable, not a bug here
+            log.error("ONNX Runtime could not load %s: %s", path, exc)
+            raise ModelNotReadyError(f"{manifest.ref}: ONNX Runtime could not load {manifest.files[role].path} "
+                                     f"({type(exc).__name__}); see the worker log") from exc
         metrics.model_loaded(manifest.ref, time.perf_counter() - started)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size

@@ -19,6 +19,7 @@ from genserve.repository import (
     publish,
     sha256_file,
 )
+from tests.support import tiny_onnx
 
 
 def manifest(
@@ -191,7 +192,7 @@ def test_resolve_unknown_version_lists_versions(tmp_path: Path) -> None:
 def test_verified_path_accepts_an_unmodified_file(tmp_path: Path) -> None:
     """verified_path returns the file's path when its sha256 matches the manifest."""
     root = tmp_path / "repo"
-    publish_version(root, tmp_path, "vae", "1")
+    publish(root, manifest(), {"model": tiny_onnx(tmp_path / "src.onnx")})
     repo = ModelRepository(root)
     assert repo.verified_path(repo.resolve("vae")) == root / "vae" / "1" / "model.onnx"
 

@@ -396,3 +396,44 @@ def test_close_fails_queued_requests_as_unavailable_and_sends_nothing_more() -> 
             submit(b, "c")
 
     run(scenario)
+
+
+def test_cancelled_requests_free_their_places_queued_or_in_flight() -> None:
+    """Cancelling frees the pending place at once: a queued request leaves the queue, and a batch
+    in flight whose requests all gave up is cancelled (its send stops), pending back to 0."""
+
+    async def scenario() -> None:
+        worker = FakeWorker()
+        b = batcher(worker, max_pending=4, max_inflight_batches=1)
+        sent = [submit(b, "a", hold=True), submit(b, "b", hold=True)]
+        await settle()
+        queued = [submit(b, "c"), submit(b, "d")]
+        assert b.pending == 4 and worker.inflight == 1
+        for future in queued:
+            future.cancel()
+        await settle()
+        assert b.pending == 2
+        for future in sent:
+            future.cancel()
+        await settle()
+        assert b.pending == 0 and b.inflight == 0 and worker.inflight == 0
+        assert worker.batches == [["a", "b"]]
+        assert [r["id"] for r in await finish(*(submit(b, str(i)) for i in range(4)))] == ["0", "1", "2", "3"]
+
+    run(scenario)
+
+
+def test_a_batch_keeps_running_while_one_of_its_requests_still_waits() -> None:
+    """One request of a batch cancelled: the batch is not cancelled, the other gets its result."""
+
+    async def scenario() -> None:
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1)
+        gone, kept = submit(b, "a", hold=True), submit(b, "b", hold=True)
+        await settle()
+        gone.cancel()
+        await settle()
+        worker.release()
+        assert (await finish(kept))[0]["id"] == "b" and b.pending == 0
+
+    run(scenario)

@@ -149,3 +149,37 @@ def test_reflection_answers_on_v1_and_v1alpha(gateway):
         names = {s.name for s in answer.list_services_response.service}
         assert {"genserve.v1.InferenceService", "genserve.v1.ModelService", "grpc.health.v1.Health"} <= names
     channel.close()
+
+
+def test_corrupt_graph_with_a_matching_sha256_is_unavailable_and_not_ready(repo: Path, redis_url: str, tmp_path: Path):
+    """Garbage in model.onnx with a manifest sha256 to match: ListModels says ready=false with
+    the reason; a real worker answers the request UNAVAILABLE (not INTERNAL) and keeps serving."""
+    import json
+
+    from genserve.repository import MANIFEST, sha256_file
+    from genserve.v1 import models_pb2
+
+    shutil.copytree(repo / "vae", tmp_path / "vae")
+    shutil.copytree(repo / "vae", tmp_path / "cvae")  # a healthy model beside it
+    folder = tmp_path / "vae" / "1"
+    (folder / "model.onnx").write_bytes(b"\x08\x07" + b"garbage" * 100)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["model"]["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    cvae_manifest = json.loads((tmp_path / "cvae" / "1" / MANIFEST).read_text())
+    (tmp_path / "cvae" / "1" / MANIFEST).write_text(json.dumps(cvae_manifest | {"name": "cvae"}))
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(tmp_path, redis_url, prefix)
+    try:
+        with GatewayThread(distributed_settings(tmp_path, redis_url, prefix)) as gw:
+            listed = {m.name: m for m in gw.models.ListModels(models_pb2.ListModelsRequest(), timeout=10).models}
+            assert not listed["vae"].ready and "not a valid ONNX file" in listed["vae"].not_ready_reason
+            assert listed["cvae"].ready
+            with pytest.raises(grpc.RpcError) as info:
+                gw.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=60)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not a valid ONNX file" in info.value.details()
+            gw.wait_for_model("cvae")  # the same worker still serves the healthy model
+    finally:
+        worker.stop()
+    assert redis.Redis.from_url(redis_url).llen(f"{prefix}.vae") == 0

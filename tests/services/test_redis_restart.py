@@ -89,3 +89,108 @@ def test_redis_restart_is_unavailable_meanwhile_and_recovers_by_itself(repo: Pat
         worker.stop()
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mixed_repo(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny VAE beside a tiny GPT, so images and token streams share one worker."""
+    pytest.importorskip("torch")
+    import shutil
+
+    import torch
+
+    from genserve.export.core.options import RunOptions
+    from genserve.export.families.gpt.build import build_gpt
+    from tests.text.conftest import GPT_NAME, tiny_gpt_config
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mixed-repository")
+    shutil.copytree(repo / "vae", root / "vae")
+    build_gpt(root, name=GPT_NAME, config=tiny_gpt_config(), steps=40, batch_size=8,
+              run=RunOptions(limit=12, progress=False))
+    return root
+
+
+CALL_TIMEOUT_S = 8.0
+
+
+def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_complete(mixed_repo: Path, tmp_path: Path):
+    """Image calls and GenerateText streams run back to back while Redis is stopped and started
+    again: every call ends by its deadline (plus slack) with OK or UNAVAILABLE, never INTERNAL
+    and never a hang; each completed image call has the seed's bytes and each completed stream a
+    finish reason; both kinds complete again after the restart."""
+    if subprocess.run(["which", "redis-server"], capture_output=True).returncode:
+        pytest.skip("no redis-server binary")
+    import threading
+
+    from tests.text.conftest import GPT_NAME
+
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = _redis(port, tmp_path)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(mixed_repo, url, prefix, "--log-level", "INFO")
+    ended: list[tuple[str, str, float, float]] = []  # (kind, code, started, seconds)
+    wrong: list[str] = []
+    try:
+        with GatewayThread(distributed_settings(mixed_repo, url, prefix)) as gw:
+            gw.wait_for_model("vae")
+            image = inference_pb2.GenerateImagesRequest(model="vae", count=256, seed=8)
+            text = inference_pb2.GenerateTextRequest(model=GPT_NAME, prompt="The ", max_new_tokens=64, seed=2)
+            expected = gw.inference.GenerateImages(image, timeout=30).images.data
+            list(gw.inference.GenerateText(text, timeout=30))
+            stop = threading.Event()
+
+            def caller(kind: str) -> None:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    code = "OK"
+                    try:
+                        if kind == "image":
+                            if gw.inference.GenerateImages(image, timeout=CALL_TIMEOUT_S).images.data != expected:
+                                wrong.append("image bytes differ")
+                        else:
+                            chunks = list(gw.inference.GenerateText(text, timeout=CALL_TIMEOUT_S))
+                            if chunks[-1].finish_reason == inference_pb2.FINISH_REASON_UNSPECIFIED:
+                                wrong.append("stream ended without a finish reason")
+                    except grpc.RpcError as exc:
+                        code = f"{exc.code().name}: {exc.details()[:80]}"
+                    ended.append((kind, code, started, time.monotonic() - started))
+                    if code != "OK":
+                        time.sleep(0.1)
+
+            threads = [threading.Thread(target=caller, args=(k,)) for k in ("image", "image", "text", "text")]
+            for t in threads:
+                t.start()
+            t0 = time.monotonic()
+            time.sleep(1.5)
+            server.terminate()
+            server.wait(timeout=10)
+            down_at = time.monotonic()
+            time.sleep(3)
+            server = _redis(port, tmp_path)
+            up_at = time.monotonic()
+            deadline = up_at + 60
+            while not all(any(k == kind and c == "OK" and s > up_at for k, c, s, _ in ended) for kind in ("image", "text")):
+                assert time.monotonic() < deadline, (
+                    f"consumption did not resume: down at {down_at - t0:.1f}, up at {up_at - t0:.1f}: "
+                    f"{[(k, c[:30], round(s - t0, 1), round(d, 1)) for k, c, s, d in ended]} {worker.output()[-3000:]}")
+                time.sleep(0.2)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+    finally:
+        worker.stop(keep_log=True)
+        server.terminate()
+        server.wait(timeout=10)
+    assert not wrong, wrong[:3]
+    def code(c: str) -> str:
+        return c.split(":")[0]
+
+    assert {code(c) for _, c, _, _ in ended} <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    # A call already waiting on a result or stream when Redis went away may end at its deadline
+    # (its subscription died with the connection); any call started later ends OK or UNAVAILABLE.
+    late = [e for e in ended if code(e[1]) == "DEADLINE_EXCEEDED" and e[2] > down_at]
+    assert not late, late[:5]
+    assert max(seconds for *_, seconds in ended) < CALL_TIMEOUT_S + 2
+    assert any(s <= down_at <= s + d for _, _, s, d in ended), "no call was in flight when Redis stopped"
