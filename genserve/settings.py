@@ -33,6 +33,9 @@ class BatchingSettings(BaseModel):
     enabled: bool = True  # off: one task message per request (for comparison)
     max_batch_samples: int = 256  # samples in one task message
     max_queue_delay_ms: float = 5.0  # a request never waits longer than this for a free slot
+    # With a slot free, wait up to this long (and half a round trip) for as many requests as
+    # the last batch carried: its clients come back together. 0: send whatever waits at once.
+    max_linger_ms: float = 2.0
     # Messages in flight per model per gateway before requests wait and group. 1 measured best
     # with one worker (make bench); with N worker processes on a model, N keeps them all busy.
     max_inflight_batches: int = 1

@@ -396,3 +396,70 @@ def test_close_fails_queued_requests_as_unavailable_and_sends_nothing_more() -> 
             submit(b, "c")
 
     run(scenario)
+
+
+def test_after_a_batch_of_several_the_first_returning_client_waits_for_the_others() -> None:
+    """A batch of 3 came back: its clients' next requests share one batch instead of the first
+    going alone and the other two waiting a whole round trip for it."""
+
+    async def scenario() -> None:
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500)
+        first = [submit(b, str(i), hold="first") for i in range(3)]
+        await settle()
+        await asyncio.sleep(0.05)  # a round trip long enough for the linger to matter
+        worker.release("first")
+        await finish(*first)
+        again = [submit(b, "a")]
+        await asyncio.sleep(0.005)  # the others come back a moment later
+        assert worker.batches == [["0", "1", "2"]]  # "a" lingers for them
+        again += [submit(b, "b"), submit(b, "c")]
+        await finish(*again)
+        assert worker.batches == [["0", "1", "2"], ["a", "b", "c"]]
+
+    run(scenario)
+
+
+def test_linger_ends_after_half_the_round_trip_when_the_others_do_not_come() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500)
+        first = [submit(b, str(i), hold="first") for i in range(2)]
+        await settle()
+        await asyncio.sleep(0.04)
+        worker.release("first")
+        await finish(*first)
+        arrived = loop.time()
+        await finish(submit(b, "alone"))
+        waited = worker.sent_at["alone"] - arrived
+        assert 0.015 <= waited <= 0.2  # about half the ~40 ms round trip, far below 500 ms
+
+    run(scenario)
+
+
+def test_no_linger_after_a_batch_of_one_or_with_linger_off() -> None:
+    """Concurrency 1 is never held back: the last batch carried one request."""
+
+    async def scenario() -> None:
+        for knobs in ({"max_linger_ms": 500}, {"max_linger_ms": 0}):
+            worker = FakeWorker()
+            b = batcher(worker, max_inflight_batches=1, **knobs)
+            first = submit(b, "a", hold=True)
+            await asyncio.sleep(0.03)
+            worker.release()
+            await finish(first)
+            second = submit(b, "b")
+            await settle()
+            assert worker.batches == [["a"], ["b"]] and second.done()
+            if knobs["max_linger_ms"] == 0:
+                many = [submit(b, str(i), hold="x") for i in range(3)]
+                await settle()
+                await asyncio.sleep(0.03)
+                worker.release("x")
+                await finish(*many)
+                lone = submit(b, "lone")
+                await settle()
+                assert worker.batches[-1] == ["lone"] and lone.done()
+
+    run(scenario)
