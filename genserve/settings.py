@@ -71,6 +71,9 @@ class WorkerSettings(BaseModel):
     # once), otherwise `solo` (concurrency 1) or `prefork`.
     pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
     task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
+    # Embedded mode: batches of at most this many samples of the one-shot ops (images, tensors,
+    # classification) run on the gateway's event loop instead of a thread (0: never).
+    inline_samples: int = 16
     # Prometheus /metrics of this worker (every process of a prefork pool, summed); None: off,
     # 0: any free port (printed at start).
     metrics_port: int | None = None

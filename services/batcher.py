@@ -31,8 +31,8 @@ from genserve.errors import ModelNotReadyError, QueueFullError
 from genserve.protocol import TaskResult
 from genserve.settings import BatchingSettings
 
-# Sends one batch: (requests, latest deadline as a wall-clock time) -> task result.
-SendBatch = Callable[[list[dict[str, Any]], float], Awaitable[TaskResult]]
+# Sends one batch: (requests, latest deadline as a wall-clock time, total samples) -> task result.
+SendBatch = Callable[[list[dict[str, Any]], float, int], Awaitable[TaskResult]]
 
 
 @dataclass(eq=False)
@@ -172,7 +172,8 @@ class Batcher:
     async def _run(self, batch: list[Waiting]) -> None:
         sent = time.perf_counter()
         try:
-            result = await self._send([w.request for w in batch], max(w.deadline for w in batch))
+            result = await self._send([w.request for w in batch], max(w.deadline for w in batch),
+                                      sum(w.samples for w in batch))
             self._round_trip = time.perf_counter() - sent
             self._expected = len(batch)
             if self._observer is not None:

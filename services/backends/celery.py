@@ -174,7 +174,8 @@ class CeleryBackend:
         self._max_depth = settings.gateway.max_queue_depth
         self._depth: dict[str, tuple[int, float]] = {}
 
-    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float,
+                  samples: int = 0) -> dict[str, Any]:
         task_id = self._listener.new_task_id()
         key = RESULT_PREFIX + task_id
         try:

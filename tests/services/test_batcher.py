@@ -39,7 +39,7 @@ class FakeWorker:
         """Let batches held at `gate` (request field "hold", True by default) finish."""
         self._gates[gate].set()
 
-    async def __call__(self, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+    async def __call__(self, requests: list[dict[str, Any]], deadline: float, samples: int = 0) -> dict[str, Any]:
         ids = [r["id"] for r in requests]
         self.batches.append(ids)
         self.deadlines.append(deadline)
