@@ -9,12 +9,14 @@ batch size. The policy needs no tuning at low load:
 - otherwise requests wait for a slot and the next batch takes everything that waited, up
   to `max_batch_samples` samples;
 - no request waits longer than `max_queue_delay_ms` for a slot: then its batch goes anyway;
-- when a slot is free but fewer requests wait than the last batch that came back carried,
-  the batch lingers for the rest of them, at most `max_linger_ms` and half that batch's
-  round trip. A batch's answers bring its clients back within a moment, and without the
-  linger the first of them would go alone and make the others wait a whole round trip for
-  it (batches of 1, 7, 1, 7 at concurrency 8). After a batch of one request nothing lingers,
-  so at concurrency 1 a request is still never held back.
+- when a slot is free but fewer requests wait than were outstanding when the last batch
+  came back (its requests and those waiting then), the batch lingers for the rest, at most
+  `max_linger_ms` after that return and half that batch's round trip, and never past
+  `max_queue_delay_ms` for the oldest. A batch's answers bring its clients back within a
+  moment; without the linger the first of them goes alone and the others wait a whole
+  round trip for it (batches of 1, 7, 1, 7 at concurrency 8), or two halves of the clients
+  settle into alternate batches (4, 4). After a lone request's batch nothing lingers, so at
+  concurrency 1 a request is still never held back.
 
 Every request taken gets its own outcome, or the exception that failed its whole batch.
 """
@@ -68,8 +70,9 @@ class Batcher:
         self._max_inflight = settings.max_inflight_batches if settings.enabled else 1 << 30
         self._max_pending = max_pending
         self._max_linger = settings.max_linger_ms / 1000.0 if settings.enabled else 0.0
-        self._expected = 1  # requests the last batch to come back carried: the next one's size
+        self._expected = 1  # outstanding when the last batch came back: the next one's size
         self._round_trip = 0.0  # seconds, the last batch's
+        self._returned = 0.0  # loop time the last batch came back
         self._linger: asyncio.TimerHandle | None = None
         self._queue: deque[Waiting] = deque()
         self._inflight = 0
@@ -113,7 +116,8 @@ class Batcher:
             linger = min(self._max_linger, self._round_trip / 2)
             if linger > 0 and len(self._queue) < self._expected and self._queued_samples() < self._max_samples:
                 if self._linger is None:  # the rest of the last batch's clients are on their way
-                    at = self._queue[0].enqueued + linger
+                    head = self._queue[0].enqueued
+                    at = min(max(head, self._returned) + linger, head + self._max_delay)
                     self._linger = loop.call_at(at, self._flush, False)
                 return
             # call_soon, not now: requests arriving in this loop iteration join the batch.
@@ -175,7 +179,8 @@ class Batcher:
             result = await self._send([w.request for w in batch], max(w.deadline for w in batch),
                                       sum(w.samples for w in batch))
             self._round_trip = time.perf_counter() - sent
-            self._expected = len(batch)
+            self._expected = len(batch) + len(self._queue)
+            self._returned = asyncio.get_running_loop().time()
             if self._observer is not None:
                 self._observer.finished(self._round_trip)
             outcomes = result["results"]

@@ -463,3 +463,38 @@ def test_no_linger_after_a_batch_of_one_or_with_linger_off() -> None:
                 assert worker.batches[-1] == ["lone"] and lone.done()
 
     run(scenario)
+
+
+def test_requests_that_waited_linger_for_the_returning_clients_within_max_queue_delay() -> None:
+    """A batch of 2 comes back while 2 others wait for the slot: those wait a moment more for
+    the first two clients, and all four share the next batch (no alternating halves); the
+    oldest never waits past max_queue_delay_ms."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500, max_queue_delay_ms=2000)
+        first = [submit(b, "a", hold="first"), submit(b, "b", hold="first")]
+        await settle()
+        waiting = [submit(b, "c"), submit(b, "d")]
+        await asyncio.sleep(0.05)
+        worker.release("first")
+        await finish(*first)
+        await asyncio.sleep(0.005)
+        assert worker.batches == [["a", "b"]]  # c and d linger for a and b's clients
+        back = [submit(b, "a2"), submit(b, "b2")]
+        await finish(*waiting, *back)
+        assert worker.batches == [["a", "b"], ["c", "d", "a2", "b2"]]
+
+        capped = batcher(FakeWorker(), max_inflight_batches=1, max_linger_ms=500, max_queue_delay_ms=10)
+        held = [submit(capped, "x", hold=True), submit(capped, "y", hold=True)]
+        await settle()
+        started = loop.time()
+        late = submit(capped, "z")  # waits for the slot; then may linger, but not past 10 ms in all
+        await asyncio.sleep(0.05)
+        assert late.done()  # the forced flush after max_queue_delay_ms sent it
+        assert loop.time() - started < 0.2
+        capped._send.release()
+        await finish(*held)
+
+    run(scenario)
