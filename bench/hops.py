@@ -52,6 +52,8 @@ WORKER_HOOKS = [
     ("genserve.workers.tasks", "execute", "wk: task body started", "wk: task body returned"),
     ("genserve.workers.runtime", "OnnxModel.run", "wk: ONNX Runtime run", "wk: ONNX Runtime returned"),
     ("celery.backends.redis", "RedisBackend._set", "wk: result SET+PUBLISH", "wk: result stored"),
+    ("genserve.workers.results", "ResultBackend._store_once", "wk: result check+SETEX+PUBLISH (one script)",
+     "wk: result stored"),
     ("kombu.transport.redis", "QoS.ack", "wk: ack ZREM+HDEL", "wk: acked"),
 ]
 
