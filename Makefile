@@ -12,7 +12,7 @@ RUNTIME ?= cpu
 REPO   ?= model_repository
 PORT   ?= 0
 
-.PHONY: install demo test models bench soak proto tritonclient compose-check clean
+.PHONY: install demo test models bench bench-peers soak proto tritonclient compose-check clean
 
 install: $(VENV)/.installed-$(RUNTIME)
 
@@ -47,6 +47,21 @@ bench: install models
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.text
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.textclf
+
+## bench-peers: genserve through Redis and embedded beside KServe 0.21's ModelServer on the same
+## VAE graph, one load client, rounds interleaved in one run; bench_results/peers.{md,json}.
+## KServe gets a virtualenv of its own (pinned kserve, the same onnxruntime as ours).
+KSERVE_VENV ?= .venv-kserve
+PEERS_ARGS  ?=
+bench-peers: install $(KSERVE_VENV)/.installed
+	test -d $(REPO)/vae || $(BIN)/genserve export vae --repository $(REPO)
+	$(BIN)/python -m bench.peers --repository $(REPO) $(PEERS_ARGS)
+
+$(KSERVE_VENV)/.installed:
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q "kserve==0.21.0" \
+		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	touch $@
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/genserve/v1/*.proto protos/genserve/oip/*.proto

@@ -1,7 +1,10 @@
 """Async gRPC load generator: fixed concurrency for a fixed duration after a warm-up.
 
 Runs in its own process (`python -m bench.loadgen ...`) so the client's CPU is visible as a
-separate process and never shares an event loop with the gateway. Prints one JSON line:
+separate process and never shares an event loop with the gateway. Each client serializes its
+request once and sends the same bytes every time, and reads the response as bytes: the
+client's per-call cost is the same whichever server answers (bench/peers.py drives genserve
+and KServe with it). Prints one JSON line:
 {"requests", "errors", "seconds", "rps", "p50_ms", "p99_ms"}.
 """
 
@@ -16,9 +19,8 @@ import grpc
 import numpy as np
 
 from genserve.oip import grpc_predict_v2_pb2 as v2
-from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.tensors import from_proto, to_proto
-from genserve.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+from genserve.v1 import inference_pb2, tensor_pb2
 
 
 def digit_tensor(seed: int) -> tensor_pb2.Tensor:
@@ -29,24 +31,43 @@ def digit_tensor(seed: int) -> tensor_pb2.Tensor:
     return to_proto(np.clip(image + rng.normal(0.0, 0.3, image.shape), 0.0, 1.0).astype(np.float32))
 
 
-def make_request(op: str, model: str, seed: int) -> tuple[str, object]:
+# v2 ModelInfer's input for --op infer: "name:DATATYPE:shape", the digit image by default.
+DIGIT_INPUT = "image:FP32:1,1,28,28"
+METHODS = {"GenerateImages": "/genserve.v1.InferenceService/GenerateImages",
+           "Denoise": "/genserve.v1.InferenceService/Denoise",
+           "Classify": "/genserve.v1.InferenceService/Classify",
+           "ModelInfer": "/inference.GRPCInferenceService/ModelInfer"}
+
+
+def infer_request(model: str, seed: int, spec: str) -> v2.ModelInferRequest:
+    """One v2 ModelInfer request with its input as raw bytes (the digit, or seeded normal noise)."""
+    name, datatype, shape = spec.split(":")
+    dims = [int(d) for d in shape.split(",")]
+    if name == "image":  # the digit as the graph's raw `image`
+        array = from_proto(digit_tensor(seed))
+    else:  # latents and other inputs: seeded standard normal
+        array = np.random.default_rng(seed).standard_normal(dims, dtype=np.float32)
+    request = v2.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype=datatype, shape=dims)
+    request.raw_input_contents.append(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return request
+
+
+def make_request(op: str, model: str, seed: int, infer_input: str = DIGIT_INPUT) -> tuple[str, object]:
     if op == "generate":
         return "GenerateImages", inference_pb2.GenerateImagesRequest(model=model, count=1, seed=seed)
     if op == "denoise":
         return "Denoise", inference_pb2.DenoiseRequest(model=model, images=digit_tensor(seed))
     if op == "classify":
         return "Classify", inference_pb2.ClassifyRequest(model=model, images=digit_tensor(seed), top_k=3)
-    if op == "infer":  # the Open Inference Protocol's ModelInfer: the digit as the graph's raw `image`
-        request = v2.ModelInferRequest(model_name=model)
-        request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 28, 28])
-        request.raw_input_contents.append(from_proto(digit_tensor(seed)).tobytes())
-        return "ModelInfer", request
+    if op == "infer":  # the Open Inference Protocol's ModelInfer
+        return "ModelInfer", infer_request(model, seed, infer_input)
     raise ValueError(f"unknown op {op!r}")
 
 
-async def run(address: str, op: str, model: str, concurrency: int, warmup_s: float, duration_s: float) -> dict:
+async def run(address: str, op: str, model: str, concurrency: int, warmup_s: float, duration_s: float,
+              infer_input: str = DIGIT_INPUT) -> dict:
     channel = grpc.aio.insecure_channel(address)
-    stub = v2_grpc.GRPCInferenceServiceStub(channel) if op == "infer" else inference_pb2_grpc.InferenceServiceStub(channel)
     latencies: list[float] = []
     errors = 0
     measuring = False
@@ -54,8 +75,10 @@ async def run(address: str, op: str, model: str, concurrency: int, warmup_s: flo
 
     async def client(index: int) -> None:
         nonlocal errors
-        method_name, request = make_request(op, model, index)
-        method = getattr(stub, method_name)
+        method_name, request = make_request(op, model, index, infer_input)
+        # Pre-serialized: no serializer on the way out, none on the way back (bytes both ways).
+        method = channel.unary_unary(METHODS[method_name])
+        request = request.SerializeToString()
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             try:
@@ -87,8 +110,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--input", default=DIGIT_INPUT, help="--op infer: the input, name:DATATYPE:shape")
     args = parser.parse_args()
-    result = asyncio.run(run(args.address, args.op, args.model, args.concurrency, args.warmup, args.duration))
+    result = asyncio.run(run(args.address, args.op, args.model, args.concurrency, args.warmup, args.duration,
+                             args.input))
     print(json.dumps(result))
 
 

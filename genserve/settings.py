@@ -36,6 +36,9 @@ class BatchingSettings(BaseModel):
     enabled: bool = True  # off: one task message per request (for comparison)
     max_batch_samples: int = 256  # samples in one task message
     max_queue_delay_ms: float = 5.0  # a request never waits longer than this for a free slot
+    # With a slot free, wait up to this long (and half a round trip) for as many requests as
+    # the last batch carried: its clients come back together. 0: send whatever waits at once.
+    max_linger_ms: float = 2.0
     # Messages in flight per model per gateway before requests wait and group. 1 measured best
     # with one worker (make bench); with N worker processes on a model, N keeps them all busy.
     max_inflight_batches: int = 1
@@ -75,6 +78,9 @@ class WorkerSettings(BaseModel):
     # once), otherwise `solo` (concurrency 1) or `prefork`.
     pool: Literal["auto", "solo", "prefork", "threads"] = "auto"
     task_threads: int = 32  # tasks active at once per process with the threads pool (and embedded)
+    # Embedded mode: batches of at most this many samples of the one-shot ops (images, tensors,
+    # classification) run on the gateway's event loop instead of a thread (0: never).
+    inline_samples: int = 16
     # Prometheus /metrics of this worker (every process of a prefork pool, summed); None: off,
     # 0: any free port (printed at start).
     metrics_port: int | None = None

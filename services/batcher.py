@@ -8,7 +8,15 @@ batch size. The policy needs no tuning at low load:
   waiting is sent at once (at concurrency 1 a request is never held back);
 - otherwise requests wait for a slot and the next batch takes everything that waited, up
   to `max_batch_samples` samples;
-- no request waits longer than `max_queue_delay_ms` for a slot: then its batch goes anyway.
+- no request waits longer than `max_queue_delay_ms` for a slot: then its batch goes anyway;
+- when a slot is free but fewer requests wait than were outstanding when the last batch
+  came back (its requests and those waiting then), the batch lingers for the rest, at most
+  `max_linger_ms` after that return and half that batch's round trip, and never past
+  `max_queue_delay_ms` for the oldest. A batch's answers bring its clients back within a
+  moment; without the linger the first of them goes alone and the others wait a whole
+  round trip for it (batches of 1, 7, 1, 7 at concurrency 8), or two halves of the clients
+  settle into alternate batches (4, 4). After a lone request's batch nothing lingers, so at
+  concurrency 1 a request is still never held back.
 
 Every request taken gets its own outcome, or the exception that failed its whole batch.
 """
@@ -25,8 +33,8 @@ from genserve.errors import ModelNotReadyError, QueueFullError
 from genserve.protocol import TaskResult
 from genserve.settings import BatchingSettings
 
-# Sends one batch: (requests, latest deadline as a wall-clock time) -> task result.
-SendBatch = Callable[[list[dict[str, Any]], float], Awaitable[TaskResult]]
+# Sends one batch: (requests, latest deadline as a wall-clock time, total samples) -> task result.
+SendBatch = Callable[[list[dict[str, Any]], float, int], Awaitable[TaskResult]]
 
 
 @dataclass(eq=False)
@@ -63,6 +71,11 @@ class Batcher:
         # With batching off every request is its own message, sent at once.
         self._max_inflight = settings.max_inflight_batches if settings.enabled else 1 << 30
         self._max_pending = max_pending
+        self._max_linger = settings.max_linger_ms / 1000.0 if settings.enabled else 0.0
+        self._expected = 1  # outstanding when the last batch came back: the next one's size
+        self._round_trip = 0.0  # seconds, the last batch's
+        self._returned = 0.0  # loop time the last batch came back
+        self._linger: asyncio.TimerHandle | None = None
         self._queue: deque[Waiting] = deque()
         self._inflight = 0
         self._pending = 0  # requests queued or in flight
@@ -114,16 +127,30 @@ class Batcher:
             return
         loop = asyncio.get_running_loop()
         if self._inflight < self._max_inflight:
-            if not self._flush_scheduled:
-                # call_soon, not now: requests arriving in this loop iteration join the batch.
-                self._flush_scheduled = True
-                loop.call_soon(self._flush, False)
+            if self._flush_scheduled:
+                return
+            linger = min(self._max_linger, self._round_trip / 2)
+            if linger > 0 and len(self._queue) < self._expected and self._queued_samples() < self._max_samples:
+                if self._linger is None:  # the rest of the last batch's clients are on their way
+                    head = self._queue[0].enqueued
+                    at = min(max(head, self._returned) + linger, head + self._max_delay)
+                    self._linger = loop.call_at(at, self._flush, False)
+                return
+            # call_soon, not now: requests arriving in this loop iteration join the batch.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, False)
         elif self._timer is None:
             wait = max(0.0, self._queue[0].enqueued + self._max_delay - loop.time())
             self._timer = loop.call_later(wait, self._flush, True)
 
+    def _queued_samples(self) -> int:
+        return sum(w.samples for w in self._queue)
+
     def _flush(self, forced: bool) -> None:
         self._flush_scheduled = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._timer is not None:
             # The timer was armed for the head of the queue then; that request may be sent by
             # now, so _schedule re-arms it for the new head instead of forcing out a newcomer.
@@ -167,9 +194,13 @@ class Batcher:
     async def _run(self, batch: list[Waiting]) -> None:
         sent = time.perf_counter()
         try:
-            result = await self._send([w.request for w in batch], max(w.deadline for w in batch))
+            result = await self._send([w.request for w in batch], max(w.deadline for w in batch),
+                                      sum(w.samples for w in batch))
+            self._round_trip = time.perf_counter() - sent
+            self._expected = len(batch) + len(self._queue)
+            self._returned = asyncio.get_running_loop().time()
             if self._observer is not None:
-                self._observer.finished(time.perf_counter() - sent)
+                self._observer.finished(self._round_trip)
             outcomes = result["results"]
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"worker returned {len(outcomes)} results for {len(batch)} requests")
@@ -192,9 +223,10 @@ class Batcher:
     async def close(self) -> None:
         """Stop: queued requests fail with UNAVAILABLE, in-flight batches are cancelled."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._linger):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._linger = None
         while self._queue:
             waiting = self._queue.popleft()
             self._pending -= 1

@@ -69,8 +69,8 @@ class Dispatcher:
     def _batcher(self, ref: str, queue: str, op: Op) -> Batcher:
         key = (ref, str(op))
         if key not in self._batchers:
-            async def send(requests: list[dict[str, Any]], deadline: float) -> TaskResult:
-                return await self.backend.run(ref, queue, str(op), requests, deadline)
+            async def send(requests: list[dict[str, Any]], deadline: float, samples: int) -> TaskResult:
+                return await self.backend.run(ref, queue, str(op), requests, deadline, samples)
 
             batching = self.settings.batching
             if op in UNGROUPED_OPS:

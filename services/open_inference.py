@@ -14,7 +14,6 @@ and all tritonclient reads), otherwise as typed contents.
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
 from genserve import __version__
 from genserve.errors import ModelNotFoundError
@@ -84,11 +83,11 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         timeout = validation.timeout_from(context.time_remaining(), self.settings.gateway.default_timeout_s)
         outcome = await self.dispatcher.submit(manifest, Op.INFER_TENSORS, params.to_task(), params.samples(), timeout)
         response = v2.ModelInferResponse(model_name=manifest.name, model_version=manifest.version, id=request.id)
-        arrays = {name: wire_array(outcome["outputs"][name]) for name in params.outputs}
+        wires = {name: outcome["outputs"][name] for name in params.outputs}
         # Raw for every output or for none: raw_output_contents is indexed like `outputs`.
-        raw = params.raw or any(DATATYPES[datatype_of(a.dtype.name)][1] is None for a in arrays.values())
-        for name, array in arrays.items():
-            _output(array, name, raw, response)
+        raw = params.raw or any(DATATYPES[datatype_of(w["dtype"])][1] is None for w in wires.values())
+        for name, wire in wires.items():
+            _output(wire, name, raw, response)
         return response
 
     def _resolve(self, name: str, version: str) -> Manifest:
@@ -97,11 +96,12 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return self.catalog.resolve(model_ref(name, version))
 
 
-def _output(array: np.ndarray, name: str, raw: bool, response: v2.ModelInferResponse) -> None:
-    datatype = datatype_of(array.dtype.name)
-    tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-    field = DATATYPES[datatype][1]
+def _output(wire: dict, name: str, raw: bool, response: v2.ModelInferResponse) -> None:
+    """One output from the worker's wire tensor: raw, its bytes as they came (little-endian,
+    contiguous: genserve.tensors.to_wire), with no array in between; else typed contents."""
+    datatype = datatype_of(wire["dtype"])
+    tensor = response.outputs.add(name=name, datatype=datatype, shape=wire["shape"])
     if raw:
-        response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        response.raw_output_contents.append(wire["data"])
     else:
-        getattr(tensor.contents, field).extend(array.ravel().tolist())
+        getattr(tensor.contents, DATATYPES[datatype][1]).extend(wire_array(wire).ravel().tolist())

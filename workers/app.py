@@ -1,6 +1,7 @@
 """Builds the Celery app from settings, nothing else.
 
 Broker and result backend are Redis; messages are msgpack (JSON accepted, pickle refused).
+Results go to Redis through `workers/results.py` (Celery's Redis backend, one round trip).
 Late acknowledgement: a message is acked only after its result is stored, and a worker that
 dies mid-batch leaves it unacked, so Redis hands it to another worker after the visibility
 timeout. Queues are per model ("genserve.vae"), so a deployment routes models to GPU or
@@ -20,6 +21,7 @@ from genserve.settings import Settings
 from genserve.workers.autoregressive.streaming import RedisStreamSink
 from genserve.workers.jobs.task import register_chunk_task
 from genserve.workers.kombu_compat import tolerate_restore_on_a_lost_connection
+from genserve.workers.results import backend_url
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import register_tasks
 
@@ -32,7 +34,8 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
     app = Celery(
         "genserve",
         broker=settings.broker_url,
-        backend=settings.backend_url if with_results else None,
+        # Celery's Redis result backend, storing and announcing a result in one round trip.
+        backend=backend_url(settings.backend_url) if with_results else None,
         set_as_current=False,
     )
     app.conf.update(

@@ -50,6 +50,10 @@ class CallLog:
 def run_stacked(model: OnnxModel, feeds: list[Feeds], max_batch: int, calls: CallLog) -> list[Feeds]:
     """Stack per-request feeds, run them in calls of <= max_batch rows, split the outputs back."""
     sizes = [len(next(iter(f.values()))) for f in feeds]
+    if len(feeds) == 1 and sizes[0] <= max_batch:  # one request, one call: nothing to stack or split
+        out = model.run(feeds[0])
+        calls.record(sizes[0])
+        return [out]
     stacked = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
     total = sum(sizes)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in model.output_names}

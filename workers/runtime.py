@@ -131,6 +131,10 @@ class ModelCache:
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
 
+    def is_loaded(self, ref: str, role: str = "model") -> bool:
+        """Whether `get(ref, role)` returns at once (its session exists)."""
+        return (ref, role) in self._loaded
+
     def get(self, ref: str, role: str = "model") -> LoadedModel:
         key = (ref, role)
         loaded = self._loaded.get(key)

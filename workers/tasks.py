@@ -52,11 +52,17 @@ def execute(payload: TaskPayload, cache: ModelCache) -> TaskResult:
     return result
 
 
+RESULT_REPR_CHARS = 8  # of a task's return value on Celery's log line: "{'results...', ...}"
+
+
 def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None:
     """Bind the task to `app`; `cache_factory()` builds the per-process model cache lazily."""
     state: dict[str, ModelCache] = {}
 
-    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+    # resultrepr_maxsize: Celery's tracer reprs every return value for its "succeeded" log
+    # line (whatever the log level), walking all of a batch's outcomes and their tensor bytes;
+    # a short repr costs a few tokens instead. The result itself is stored whole.
+    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS)
     def run_batch(payload: TaskPayload) -> TaskResult:
         # Created on the first task, in the process that runs it (after any fork).
         if "cache" not in state:

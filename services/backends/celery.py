@@ -5,12 +5,18 @@ its expiry (one asynchronous LPUSH, `TaskPublisher`), and waits for the Redis re
 publish of the result on the task's channel. Celery's own `AsyncResult.get()` would block a
 thread and poll; here one pub/sub connection per gateway (`ResultListener`) resolves every
 waiter, and a sweep re-reads stored results in case a publish was missed (reconnect, race).
+
+Task ids start with the gateway's own random token, and the listener subscribes once, at its
+start, to the pattern of its results (`PSUBSCRIBE celery-task-meta-<token>_*`): a request
+costs the gateway one Redis command (the LPUSH) instead of a SUBSCRIBE it had to wait for
+before publishing, an UNSUBSCRIBE and a DEL; read results are deleted a few at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 import os
@@ -31,28 +37,61 @@ log = logging.getLogger(__name__)
 
 
 class ResultListener(PubSubReader):
-    """Resolves a future per awaited result key, from the result backend's publishes."""
+    """Resolves a future per awaited result key, from the result backend's publishes.
+
+    Keys made by `new_task_id` are covered by the listener's one pattern subscription; any
+    other key (`expect` takes every key) is subscribed on its own, as before.
+    """
 
     SWEEP_S = 0.5  # how often results older than this are re-read with GET
     READ_TIMEOUT_S = SWEEP_S
     IGNORE_SUBSCRIBE_MESSAGES = True
+    DELETE_AFTER_S = 0.02  # read results are deleted together, at most this late
 
     def __init__(self, client: Any) -> None:
         super().__init__(client, "gateway")
         self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
         self._last_sweep = time.monotonic()
+        self._token = uuid.uuid4().hex[:16]  # this gateway process's prefix of task ids
+        self._ids = itertools.count()
+        self._prefix = f"{RESULT_PREFIX}{self._token}_"
+        self._to_delete: list[str] = []  # results read, deleted by the next `_delete_read`
+
+    def new_task_id(self) -> str:
+        """A task id whose result this listener receives without a subscription of its own."""
+        return f"{self._token}_{next(self._ids):x}"
+
+    async def _start(self) -> None:
+        await self._pubsub.psubscribe(self._prefix + "*")  # opens the connection, before any publish of ours
+        await super()._start()
 
     async def expect(self, key: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = (future, time.monotonic())
-        await self.subscribe(key)
+        if key.startswith(self._prefix):
+            await self.start()
+        else:
+            await self.subscribe(key)
         return future
 
     def done(self, key: str) -> None:
         """Stop listening for `key` and delete the stored result (it has been read)."""
         self._waiters.pop(key, None)
-        self.unsubscribe(key)
-        self._spawn(self._client.delete(key))
+        if not key.startswith(self._prefix):
+            self.unsubscribe(key)
+        if not self._to_delete:
+            asyncio.get_running_loop().call_later(self.DELETE_AFTER_S, self._delete_read)
+        self._to_delete.append(key)
+
+    def _delete_read(self) -> None:
+        keys, self._to_delete = self._to_delete, []
+        if keys:
+            self._spawn(self._client.delete(*keys))
+
+    async def close(self) -> None:
+        if self._to_delete:
+            self._delete_read()
+        await super().close()
 
     def _handle(self, message: dict[str, Any]) -> None:
         self._resolve(message["channel"].decode(), message["data"])
@@ -139,8 +178,9 @@ class CeleryBackend:
         self._max_depth = settings.gateway.max_queue_depth
         self._depth: dict[str, tuple[int, float]] = {}
 
-    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
-        task_id = uuid.uuid4().hex
+    async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float,
+                  samples: int = 0) -> dict[str, Any]:
+        task_id = self._listener.new_task_id()
         key = RESULT_PREFIX + task_id
         try:
             future = await self._listener.expect(key)

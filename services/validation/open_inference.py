@@ -12,6 +12,8 @@ worker's trusted payload (`to_task`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +115,7 @@ def _array(tensor: Any, spec: TensorSpec, raw: bytes | None) -> np.ndarray:
     if not fits:
         raise InvalidArgumentError(f"input {name!r}: shape must be {spec.shape} (-1: any size), got {shape}")
     dtype, field = DATATYPES[want]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidArgumentError(f"input {name!r}: contents must be empty when raw_input_contents is used")

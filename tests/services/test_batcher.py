@@ -39,7 +39,7 @@ class FakeWorker:
         """Let batches held at `gate` (request field "hold", True by default) finish."""
         self._gates[gate].set()
 
-    async def __call__(self, requests: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+    async def __call__(self, requests: list[dict[str, Any]], deadline: float, samples: int = 0) -> dict[str, Any]:
         ids = [r["id"] for r in requests]
         self.batches.append(ids)
         self.deadlines.append(deadline)
@@ -423,6 +423,28 @@ def test_cancelled_requests_free_their_places_queued_or_in_flight() -> None:
     run(scenario)
 
 
+def test_after_a_batch_of_several_the_first_returning_client_waits_for_the_others() -> None:
+    """A batch of 3 came back: its clients' next requests share one batch instead of the first
+    going alone and the other two waiting a whole round trip for it."""
+
+    async def scenario() -> None:
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500)
+        first = [submit(b, str(i), hold="first") for i in range(3)]
+        await settle()
+        await asyncio.sleep(0.05)  # a round trip long enough for the linger to matter
+        worker.release("first")
+        await finish(*first)
+        again = [submit(b, "a")]
+        await asyncio.sleep(0.005)  # the others come back a moment later
+        assert worker.batches == [["0", "1", "2"]]  # "a" lingers for them
+        again += [submit(b, "b"), submit(b, "c")]
+        await finish(*again)
+        assert worker.batches == [["0", "1", "2"], ["a", "b", "c"]]
+
+    run(scenario)
+
+
 def test_a_batch_keeps_running_while_one_of_its_requests_still_waits() -> None:
     """One request of a batch cancelled: the batch is not cancelled, the other gets its result."""
 
@@ -435,5 +457,85 @@ def test_a_batch_keeps_running_while_one_of_its_requests_still_waits() -> None:
         await settle()
         worker.release()
         assert (await finish(kept))[0]["id"] == "b" and b.pending == 0
+
+    run(scenario)
+
+
+def test_linger_ends_after_half_the_round_trip_when_the_others_do_not_come() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500)
+        first = [submit(b, str(i), hold="first") for i in range(2)]
+        await settle()
+        await asyncio.sleep(0.04)
+        worker.release("first")
+        await finish(*first)
+        arrived = loop.time()
+        await finish(submit(b, "alone"))
+        waited = worker.sent_at["alone"] - arrived
+        assert 0.015 <= waited <= 0.2  # about half the ~40 ms round trip, far below 500 ms
+
+    run(scenario)
+
+
+def test_no_linger_after_a_batch_of_one_or_with_linger_off() -> None:
+    """Concurrency 1 is never held back: the last batch carried one request."""
+
+    async def scenario() -> None:
+        for knobs in ({"max_linger_ms": 500}, {"max_linger_ms": 0}):
+            worker = FakeWorker()
+            b = batcher(worker, max_inflight_batches=1, **knobs)
+            first = submit(b, "a", hold=True)
+            await asyncio.sleep(0.03)
+            worker.release()
+            await finish(first)
+            second = submit(b, "b")
+            await settle()
+            assert worker.batches == [["a"], ["b"]] and second.done()
+            if knobs["max_linger_ms"] == 0:
+                many = [submit(b, str(i), hold="x") for i in range(3)]
+                await settle()
+                await asyncio.sleep(0.03)
+                worker.release("x")
+                await finish(*many)
+                lone = submit(b, "lone")
+                await settle()
+                assert worker.batches[-1] == ["lone"] and lone.done()
+
+    run(scenario)
+
+
+def test_requests_that_waited_linger_for_the_returning_clients_within_max_queue_delay() -> None:
+    """A batch of 2 comes back while 2 others wait for the slot: those wait a moment more for
+    the first two clients, and all four share the next batch (no alternating halves); the
+    oldest never waits past max_queue_delay_ms."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        worker = FakeWorker()
+        b = batcher(worker, max_inflight_batches=1, max_linger_ms=500, max_queue_delay_ms=2000)
+        first = [submit(b, "a", hold="first"), submit(b, "b", hold="first")]
+        await settle()
+        waiting = [submit(b, "c"), submit(b, "d")]
+        await asyncio.sleep(0.05)
+        worker.release("first")
+        await finish(*first)
+        await asyncio.sleep(0.005)
+        assert worker.batches == [["a", "b"]]  # c and d linger for a and b's clients
+        back = [submit(b, "a2"), submit(b, "b2")]
+        await finish(*waiting, *back)
+        assert worker.batches == [["a", "b"], ["c", "d", "a2", "b2"]]
+
+        capped = batcher(FakeWorker(), max_inflight_batches=1, max_linger_ms=500, max_queue_delay_ms=10)
+        held = [submit(capped, "x", hold=True), submit(capped, "y", hold=True)]
+        await settle()
+        started = loop.time()
+        late = submit(capped, "z")  # waits for the slot; then may linger, but not past 10 ms in all
+        await asyncio.sleep(0.05)
+        assert late.done()  # the forced flush after max_queue_delay_ms sent it
+        assert loop.time() - started < 0.2
+        capped._send.release()
+        await finish(*held)
 
     run(scenario)

@@ -1,0 +1,62 @@
+"""How a worker stores and announces a task's result: Celery's Redis backend, in one round trip.
+
+Celery's `RedisBackend` stores a result with two round trips: a GET of the stored meta (a
+result that is already SUCCESS is never overwritten: a redelivered task whose first run
+did finish must not replace that result), then a pipelined SET + PUBLISH. The gateway
+reads the PUBLISH (services/backends/celery.py), so both trips lie on every request's
+path. `ResultBackend` does the same check, SET (with the same expiry) and PUBLISH in one
+Lua script, atomically: one round trip, and no window between the check and the write. The
+key, the stored meta and the channel are Celery's own, so `AsyncResult`, Flower and the
+gateway read them unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from kombu.utils.encoding import bytes_to_str
+
+# KEYS[1] the result key; ARGV[1] the encoded meta, ARGV[2] seconds to keep it (0: forever).
+# The stored meta is msgpack or JSON (result_accept_content); a SUCCESS one stays.
+_STORE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta
+  if string.sub(current, 1, 1) == '{' then ok, meta = pcall(cjson.decode, current)
+  else ok, meta = pcall(cmsgpack.unpack, current) end
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def backend_url(url: str) -> str:
+    """The Celery `backend` argument for a result backend URL: this class for redis(s)://."""
+    if url.startswith(("redis://", "rediss://")):
+        return f"{__name__}:ResultBackend+{url}"
+    return url
+
+
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend; `_store_result` in one atomic round trip."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store = self.client.register_script(_STORE)
+
+    def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires  # as _set_with_state
+        self.ensure(self._store_once, (self.get_key_for_task(task_id), self.encode(meta), expires))
+        return result
+
+    def _store_once(self, key: bytes | str, value: bytes | str, expires: Any) -> int:
+        seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
+        return self._store(keys=[key], args=[value, seconds])
