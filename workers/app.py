@@ -20,6 +20,7 @@ from genserve.repository import ModelRepository
 from genserve.settings import Settings
 from genserve.workers.autoregressive.streaming import RedisStreamSink
 from genserve.workers.jobs.task import register_chunk_task
+from genserve.workers.kombu_compat import tolerate_restore_on_a_lost_connection
 from genserve.workers.results import backend_url
 from genserve.workers.runtime import ModelCache
 from genserve.workers.tasks import register_tasks
@@ -29,6 +30,7 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
     """The worker's app (`with_results`), or the gateway's, which reads results itself."""
     if not settings.broker_url:
         raise ValueError("a broker URL is required for the distributed mode")
+    tolerate_restore_on_a_lost_connection()  # else a Redis restart under load stops the worker
     app = Celery(
         "genserve",
         broker=settings.broker_url,
