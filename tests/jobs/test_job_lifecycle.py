@@ -31,6 +31,7 @@ def _wait_until(condition, timeout_s: float = 30, what: str = "condition") -> No
         time.sleep(0.02)
 
 
+@pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_cancel_stops_pending_chunks_within_seconds_and_stays_cancelled(jobs_gateway: JobsGateway, redis_url: str, queue_prefix: str):
     """Cancel mid-job: CANCELLED at once, the bulk queue drains in seconds, no chunk runs after it."""
     job = jobs_gateway.submit(model="vae", count=40_000, seed=3, chunk_size=20)
@@ -54,6 +55,7 @@ def test_cancel_stops_pending_chunks_within_seconds_and_stays_cancelled(jobs_gat
     assert jobs_gateway.wait(job.id).state == jobs_pb2.JOB_STATE_CANCELLED  # WatchJob ends at once
 
 
+@pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_worker_killed_mid_job_loses_and_duplicates_nothing(repo: Path, redis_url: str, tmp_path: Path):
     """Two workers share a job; one is SIGKILLed while it holds a chunk: every index exactly once."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"

@@ -195,6 +195,7 @@ def test_waiting_request_is_forced_out_after_max_queue_delay() -> None:
     run(scenario)
 
 
+@pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_request_arriving_after_the_previous_waiter_left_gets_its_full_wait() -> None:
     """A newcomer is not forced out early by the timer of a waiter that already left the queue."""
 

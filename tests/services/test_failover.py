@@ -73,6 +73,7 @@ def test_beat_makes_the_holder_the_owner_and_close_forgets_it(redis_url: str):
     assert not client.exists(alive + failover.holder) and not client.exists(owners)
 
 
+@pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("fault", ["kill", "terminate"])

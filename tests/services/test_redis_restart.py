@@ -114,6 +114,7 @@ def mixed_repo(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 CALL_TIMEOUT_S = 8.0
 
 
+@pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_complete(mixed_repo: Path, tmp_path: Path):
     """Image calls and GenerateText streams run back to back while Redis is stopped and started
     again: every call ends by its deadline (plus slack) with OK or UNAVAILABLE, never INTERNAL
