@@ -234,7 +234,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
     # Long tasks keep their messages: renew the visibility lease of each message held (the
     # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
-    failover = None
+    failover = keeper = None
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         keeper = install(settings.broker_url, settings.worker.visibility_timeout_s)
         if settings.worker.failover_ttl_s > 0:  # a dead worker's messages return in seconds
@@ -245,7 +245,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from genserve.workers.app import bulk_queues
     from genserve.workers.jobs.task import start_bulk_consumer
 
-    start_bulk_consumer(app, settings, bulk_queues(settings))  # batch-job chunks, beside the online tasks
+    # batch-job chunks, beside the online tasks, with leases and failover like theirs
+    start_bulk_consumer(app, settings, bulk_queues(settings), keeper, failover)
     try:
         app.worker_main([
             "worker", "--queues", ",".join(queues), "--pool", pool,

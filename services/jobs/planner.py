@@ -108,7 +108,8 @@ def generator(job: jobs_pb2.GenerateImagesJob, manifest: Manifest, settings: Set
     check_space(settings.jobs.root, count * per_item + NPY_HEADER * (count // chunk + 1), jobs)
     spec = {"kind": "generate_images", "model": manifest.ref, "count": count,
             "seed": job.seed if job.HasField("seed") else secrets.randbits(63), "label": label,
-            "chunk_size": chunk, "format": FORMATS[job.format], "preview": job.preview}
+            "chunk_size": chunk, "format": FORMATS[job.format], "preview": job.preview,
+            "batch": manifest.serving.max_batch_size}  # samples per ONNX call of a chunk
     record = _record("generate_images", manifest, spec, count, chunk, settings, token)
     return Plan(record, _chunks(record["id"], count, chunk), bulk_queue_name(settings.queue_prefix, manifest.name))
 

@@ -84,3 +84,52 @@ def test_publisher_finds_withdraws_and_counts_a_jobs_pending_chunk_messages(redi
         assert publisher.pending(queue, "job-a1") == set() and publisher.pending(queue, "job-b2") == {3}
     finally:
         redis.Redis.from_url(redis_url).delete(queue)
+
+
+def test_a_bulk_chunk_longer_than_the_visibility_timeout_runs_once(redis_url: str, queue_prefix: str):
+    """Two bulk consumers restore expired messages (visibility 1 s); a 3 s chunk renews its lease
+    while it runs, so the other consumer never gets it; without the lease it would run twice."""
+    import threading
+    import time
+
+    import redis
+
+    from genserve.protocol import ChunkPayload
+    from genserve.services.jobs.publisher import CeleryChunkPublisher
+    from genserve.workers.app import create_app
+    from genserve.workers.jobs.bulk import BulkConsumer, OnlineTasks
+    from genserve.workers.leases import LeaseKeeper
+
+    client = redis.Redis.from_url(redis_url)
+    settings = Settings(broker_url=redis_url, queue_prefix=queue_prefix)
+    queue = f"{queue_prefix}.bulk.leases"
+    options = {"visibility_timeout": 1}
+    runs: list[str] = []
+    finished = threading.Event()
+
+    def slow(payload: dict, pause: object) -> str:
+        runs.append(threading.current_thread().name)
+        time.sleep(3.0)
+        finished.set()
+        return "done"
+
+    keepers = [LeaseKeeper(client, visibility_timeout_s=1.0) for _ in range(2)]
+    consumers = [BulkConsumer(redis_url, options, [queue], slow, lambda q, p: None, OnlineTasks(), k.hold, k.release)
+                 for k in keepers]
+    CeleryChunkPublisher(create_app(settings, with_results=False), redis_url).publish(
+        queue, [ChunkPayload(job="job-lease", chunk=0, start=0, count=1, offset=0)])
+    try:
+        for i, consumer in enumerate(consumers):
+            consumer.name = f"bulk-{i}"
+            consumer.start()
+        assert finished.wait(20)
+        time.sleep(2.5)  # two more visibility timeouts: a message left unrenewed would be run again
+        assert len(runs) == 1, runs
+        assert not any(queue.encode() in v for v in client.hvals("unacked"))  # acked
+    finally:
+        for consumer in consumers:
+            consumer.stopping.set()
+        for consumer, keeper in zip(consumers, keepers):
+            consumer.join(timeout=5)
+            keeper.close()
+        client.delete(queue)

@@ -5,8 +5,10 @@ bulk queue made every online request behind it wait for the whole chunk (measure
 GenerateImages(count=1) 4.7 ms idle, 58 ms with a VAE job running, chunks of 2048). So chunks
 do not go through Celery's consumer at all: this thread consumes the `<prefix>.bulk.<model>`
 queues with its own kombu connection (prefetch 1, acked after the chunk, so a crash still
-leaves the message to be redelivered after the visibility timeout), while Celery keeps the
-online queues. ONNX Runtime releases the GIL, so an online task runs at once on the other
+leaves the message to be redelivered), while Celery keeps the online queues. A chunk's
+message is held like an online task's: its lease is renewed while it runs (workers/leases.py),
+so a chunk longer than the visibility timeout is not handed out twice, and this process owns
+it for failover (workers/failover.py), so a SIGKILLed worker's chunk comes back in seconds. ONNX Runtime releases the GIL, so an online task runs at once on the other
 thread; and between the chunk's ONNX calls the runner pauses while an online task of this
 process is running, so the two do not share the cores.
 """
@@ -72,7 +74,8 @@ class BulkConsumer(threading.Thread):
 
     def __init__(self, broker_url: str, transport_options: dict[str, Any], queues: list[str],
                  run: Callable[[dict[str, Any], Callable[[], None]], str],
-                 republish: Callable[[str, dict[str, Any]], None], online: OnlineTasks) -> None:
+                 republish: Callable[[str, dict[str, Any]], None], online: OnlineTasks,
+                 hold: Callable[[str], None] | None = None, release: Callable[[str], None] | None = None) -> None:
         super().__init__(name="genserve-bulk", daemon=True)
         self.broker_url = broker_url
         self.transport_options = transport_options
@@ -80,6 +83,8 @@ class BulkConsumer(threading.Thread):
         self.run_chunk = run
         self.republish = republish
         self.online = online
+        self.hold = hold or (lambda tag: None)  # lease renewal and failover ownership of a message
+        self.release = release or (lambda tag: None)
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -106,7 +111,12 @@ class BulkConsumer(threading.Thread):
     def _on_message(self, body: Any, message: Any) -> None:
         payload = body[0][0]  # Celery protocol 2: [args, kwargs, embed]; args = [payload]
         queue = (message.delivery_info or {}).get("routing_key") or self.queues[0]
-        outcome = self.run_chunk(payload, Yielder(self.online))
-        if outcome == "retry":
-            self.republish(queue, payload)
+        tag = str(message.delivery_tag)
+        self.hold(tag)
+        try:
+            outcome = self.run_chunk(payload, Yielder(self.online))
+            if outcome == "retry":
+                self.republish(queue, payload)
+        finally:
+            self.release(tag)  # before the ack: if the ack fails, the message comes back
         message.ack()

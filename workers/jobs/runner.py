@@ -7,6 +7,8 @@ atomically, and the chunk is counted once (SADD in the store). The Celery task a
 embedded mode both call `ChunkRunner.run`:
 
     skipped  the job is cancelled, finished or gone, or the chunk was done already: ack, no work
+             (a generator chunk also looks between its parts, every CANCEL_CHECK_S, and stops
+             there, its partial shard deleted)
     done     the shard is written and counted (and the job finished, if it was the last)
     retry    the chunk failed and has attempts left: the caller enqueues it again
     failed   out of attempts: the generator job is FAILED; an input-file chunk's items go
@@ -30,12 +32,17 @@ from genserve.tensors import from_wire, grid, png_decode, png_encode, to_wire
 log = logging.getLogger(__name__)
 
 PREVIEW_IMAGES = 64
-SUB_BATCH = 512  # samples per generate_images call inside a chunk: a part is written while the next runs
+SUB_BATCH = 512  # samples per generate_images call of a chunk when the job has no model batch size
+CANCEL_CHECK_S = 0.5  # how often a running generator chunk looks whether its job was cancelled
 Execute = Callable[[dict[str, Any]], dict[str, Any]]  # tasks.execute bound to the worker's model cache
 
 
 class ChunkError(Exception):
     """A whole chunk failed (model missing, every item refused by the loop)."""
+
+
+class ChunkStopped(Exception):
+    """The job was cancelled (or finished, or deleted) while the chunk ran."""
 
 
 class ChunkRunner:
@@ -59,6 +66,9 @@ class ChunkRunner:
         self.store.transition(job_id, (QUEUED,), RUNNING, started=time.time())
         try:
             shard = self._run(record, payload)
+        except ChunkStopped:
+            log.info("job %s chunk %d stopped: the job is no longer active", job_id, chunk)
+            return "skipped"
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             log.warning("job %s chunk %d attempt %d failed: %s", job_id, chunk, attempt, message)
@@ -114,10 +124,15 @@ class ChunkRunner:
         chunk, start, count = int(payload["chunk"]), int(payload["start"]), int(payload["count"])
         folder = Path(record["dir"])
         writer, parts, provider, files = None, [], "", []
+        step = max(int(spec.get("batch") or SUB_BATCH), PREVIEW_IMAGES)  # the model's batch: one ONNX call a part
+        looked = time.monotonic()
         try:
-            for first in range(start, start + count, SUB_BATCH):
+            for first in range(start, start + count, step):
                 self._pause()
-                n = min(SUB_BATCH, start + count - first)
+                if time.monotonic() - looked > CANCEL_CHECK_S:
+                    self._check_active(record["id"])
+                    looked = time.monotonic()
+                n = min(step, start + count - first)
                 request = {"count": n, "seed": spec["seed"], "first_index": first, "label": spec.get("label"),
                            "latents": None, "tensor": True, "png": False, "return_latents": False}
                 outcomes, provider = self._call(record, "generate_images", [request])
@@ -145,6 +160,11 @@ class ChunkRunner:
         else:
             shard = writer.close()
         return {"files": [shard, *files], "provider": provider}
+
+    def _check_active(self, job_id: str) -> None:
+        current = self.store.get(job_id)
+        if current is None or current["state"] not in ACTIVE:
+            raise ChunkStopped(job_id)
 
     def _texts(self, record: dict[str, Any], spec: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         start, count = int(payload["start"]), int(payload["count"])

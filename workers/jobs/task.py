@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from celery import Celery
@@ -12,6 +13,8 @@ from genserve.settings import Settings
 from genserve.workers.jobs.runner import ChunkRunner
 from genserve.workers.runtime import ModelCache
 
+
+log = logging.getLogger(__name__)
 
 REDIS_RETRY_S = 60.0  # how long a chunk waits for Redis to come back before it fails
 
@@ -34,8 +37,11 @@ def _through_outages(run: Callable[[], str]) -> str:
             time.sleep(1.0)
 
 
-def start_bulk_consumer(app: Celery, settings: Settings, queues: list[str]) -> Any:
-    """Run chunks of `queues` on a thread of this worker process, yielding to online tasks."""
+def start_bulk_consumer(app: Celery, settings: Settings, queues: list[str], keeper: Any = None,
+                        failover: Any = None) -> Any:
+    """Run chunks of `queues` on a thread of this worker process, yielding to online tasks;
+    `keeper` (workers/leases.py) renews each chunk message's lease while it runs, `failover`
+    (workers/failover.py) owns it, so a dead worker's chunk is restored in seconds."""
     from genserve.protocol import TASK_NAME
     from genserve.workers.jobs.bulk import BulkConsumer, OnlineTasks
 
@@ -48,7 +54,21 @@ def start_bulk_consumer(app: Celery, settings: Settings, queues: list[str]) -> A
     def republish(queue: str, payload: dict[str, Any]) -> None:
         app.send_task(CHUNK_TASK_NAME, args=[payload], queue=queue, routing_key=queue)
 
-    consumer = BulkConsumer(settings.broker_url, dict(app.conf.broker_transport_options), queues, run, republish, online)
+    def hold(tag: str) -> None:
+        if keeper is not None:
+            keeper.hold(tag)
+        if failover is not None:
+            try:
+                failover.own(tag)
+            except Exception as exc:  # Redis away: the next beat owns it (keeper.held lists it)
+                log.warning("failover: could not own chunk message %s: %s", tag, exc)
+
+    def release(tag: str) -> None:
+        if keeper is not None:
+            keeper.release(tag)
+
+    consumer = BulkConsumer(settings.broker_url, dict(app.conf.broker_transport_options), queues, run, republish,
+                            online, hold, release)
     consumer.start()
     return consumer
 
