@@ -22,7 +22,6 @@ from tests.jobs.conftest import JobsGateway, jobs_settings
 pytestmark = pytest.mark.integration
 
 
-
 def _wait_until(condition, timeout_s: float = 30, what: str = "condition") -> None:
     end = time.monotonic() + timeout_s
     while not condition():
