@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,9 @@ class PubSubReader:
     """Subclasses route messages (`_handle`) and may do periodic work (`_tick`)."""
 
     READ_TIMEOUT_S = 1.0  # longest wait for a message before `_tick` runs
+    # A reconnect within this long loses nothing (the subscriptions come back, and what was
+    # published meanwhile is re-read); past it, waiters are told (`_connection_lost`).
+    DOWN_GRACE_S = 1.0
     IGNORE_SUBSCRIBE_MESSAGES = False
 
     def __init__(self, client: Any, name: str) -> None:
@@ -32,6 +36,7 @@ class PubSubReader:
         self._started: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._down_since: float | None = None  # when reading first failed, while it still fails
 
     async def start(self) -> None:
         """Open the connection and start reading, once; concurrent callers share the start."""
@@ -67,15 +72,25 @@ class PubSubReader:
                                                          timeout=self.READ_TIMEOUT_S)
                 if message is not None:
                     self._handle(message)
+                self._down_since = None
                 await self._tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: redis-py resubscribes on reconnect
                 log.warning("%s: %s; retrying", type(self).__name__, exc)
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                elif now - self._down_since >= self.DOWN_GRACE_S:
+                    self._connection_lost(exc)
                 await asyncio.sleep(0.2)
 
     def _handle(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _connection_lost(self, exc: Exception) -> None:
+        """The connection has been down DOWN_GRACE_S (each failed reconnect calls this again)."""
+        return None
 
     async def _tick(self) -> None:
         return None

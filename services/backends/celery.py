@@ -101,6 +101,14 @@ class ResultListener(PubSubReader):
             self._last_sweep = time.monotonic()
             await self._sweep()
 
+    def _connection_lost(self, exc: Exception) -> None:
+        """Redis stays away: every waiting call ends UNAVAILABLE now, not at its deadline
+        (its task may still run once Redis is back; a seeded retry gives the same bytes)."""
+        for future, _ in list(self._waiters.values()):
+            if not future.done():
+                future.set_exception(BrokerUnavailableError(
+                    f"lost the connection to Redis while waiting for the result ({exc}); retry"))
+
     def _resolve(self, key: str, data: bytes) -> None:
         entry = self._waiters.get(key)
         if entry is not None and not entry[0].done():

@@ -117,8 +117,8 @@ CALL_TIMEOUT_S = 8.0
 @pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_complete(mixed_repo: Path, tmp_path: Path):
     """Image calls and GenerateText streams run back to back while Redis is stopped and started
-    again: every call ends by its deadline (plus slack) with OK or UNAVAILABLE, never INTERNAL
-    and never a hang; each completed image call has the seed's bytes and each completed stream a
+    again: every call ends OK or UNAVAILABLE, those in flight when Redis stopped within 5 s of
+    it (never at their deadline), never INTERNAL and never a hang; each completed image call has the seed's bytes and each completed stream a
     finish reason; both kinds complete again after the restart."""
     if subprocess.run(["which", "redis-server"], capture_output=True).returncode:
         pytest.skip("no redis-server binary")
@@ -188,10 +188,10 @@ def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_c
     def code(c: str) -> str:
         return c.split(":")[0]
 
-    assert {code(c) for _, c, _, _ in ended} <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
-    # A call already waiting on a result or stream when Redis went away may end at its deadline
-    # (its subscription died with the connection); any call started later ends OK or UNAVAILABLE.
-    late = [e for e in ended if code(e[1]) == "DEADLINE_EXCEEDED" and e[2] > down_at]
-    assert not late, late[:5]
-    assert max(seconds for *_, seconds in ended) < CALL_TIMEOUT_S + 2
-    assert any(s <= down_at <= s + d for _, _, s, d in ended), "no call was in flight when Redis stopped"
+    # Every call ends OK or UNAVAILABLE, never at its deadline: one already waiting on a result
+    # or a stream when Redis went away is told within seconds (the gateway's listener gives the
+    # connection DOWN_GRACE_S to come back), not at CALL_TIMEOUT_S.
+    assert {code(c) for _, c, _, _ in ended} <= {"OK", "UNAVAILABLE"}, sorted({c for _, c, _, _ in ended})
+    in_flight = [(k, c, s, d) for k, c, s, d in ended if s <= down_at <= s + d]
+    assert in_flight, "no call was in flight when Redis stopped"
+    assert all(s + d - down_at < 5.0 for _, _, s, d in in_flight), in_flight
