@@ -23,6 +23,9 @@ class GatewaySettings(BaseModel):
     max_pending_requests: int = 4096  # per model, waiting or in flight in this gateway
     max_queue_depth: int = 10_000  # Celery messages waiting in a model's queue before refusing
     grace_s: float = 5.0  # in-flight RPCs get this long to finish on SIGTERM
+    # On SIGTERM health says NOT_SERVING this long before new calls are refused (they are
+    # still answered meanwhile), so health-checking load balancers drain the gateway first.
+    drain_s: float = 1.0
     manifest_ttl_s: float = 2.0  # how stale the gateway's view of the repository may be
     metrics_port: int | None = None  # Prometheus /metrics on host:port; None: off, 0: any free port
     tls_cert: Path | None = None  # PEM certificate chain: serve TLS instead of plaintext

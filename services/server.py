@@ -64,11 +64,15 @@ class Gateway:
                 serving = now_serving
             await asyncio.sleep(self.HEALTH_INTERVAL_S)
 
-    async def stop(self, grace_s: float | None) -> None:
-        """Refuse new calls, let in-flight ones finish for `grace_s`, then close the backend."""
+    async def stop(self, grace_s: float | None, drain_s: float = 0.0) -> None:
+        """Health NOT_SERVING first; for `drain_s` calls are still answered (load balancers
+        that poll health move new traffic away meanwhile); then refuse new calls, let in-flight
+        ones finish for `grace_s`, and close the backend."""
         if self.watcher is not None:
             self.watcher.cancel()
         await self.set_health(False)
+        if drain_s > 0:
+            await asyncio.sleep(drain_s)
         await self.server.stop(grace_s)
         if self.jobs is not None:
             await self.jobs.close()
@@ -144,5 +148,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if ready is not None:
         ready.set()
     await stop.wait()
-    log.info("stopping: %.1f s grace for in-flight requests", settings.gateway.grace_s)
-    await gateway.stop(settings.gateway.grace_s)
+    log.info("stopping: health NOT_SERVING, %.1f s drain, then %.1f s grace for in-flight requests",
+             settings.gateway.drain_s, settings.gateway.grace_s)
+    await gateway.stop(settings.gateway.grace_s, settings.gateway.drain_s)

@@ -71,8 +71,9 @@ def test_request_whose_deadline_passes_in_the_queue_is_never_run(repo: Path, red
 
 
 def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(repo: Path, redis_url: str):
-    """stop(grace): health turns NOT_SERVING at once, an in-flight call still succeeds, calls
-    made after the stop began get UNAVAILABLE."""
+    """stop(grace, drain): health turns NOT_SERVING at once while calls are still answered
+    during the drain; then calls made get UNAVAILABLE, and the call in flight all along still
+    succeeds whole."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(repo, redis_url, prefix)
     try:
@@ -83,8 +84,14 @@ def test_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones(repo: Path,
         pending = gw.inference.GenerateImages.future(slow, timeout=60)
         time.sleep(0.3)
         health = health_pb2_grpc.HealthStub(gw.channel)
-        stopping = asyncio.run_coroutine_threadsafe(gw.gateway.stop(30), gw.loop)
-        time.sleep(0.3)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.run_coroutine_threadsafe(gw.gateway.stop(30, drain_s=1.5), gw.loop)
+        time.sleep(0.2)
+        # draining: health already says NOT_SERVING, a call still gets its answer
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        during = gw.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1, seed=1), timeout=5)
+        assert len(during.images.data) > 0
+        time.sleep(1.6)  # past the drain: the server refuses new calls
         late = grpc.insecure_channel(gw.address)
         from genserve.v1 import inference_pb2_grpc
 
