@@ -12,7 +12,10 @@ LPOS; taken and held: HEXISTS unacked) and then for its stored result (a worker 
 result before it acks, so "acked" always shows as "result present"). Absent everywhere in two
 consecutive looks, a second apart, it is lost: the same bytes (same task id and delivery tag)
 are pushed back onto the queue's consuming end. Between BRPOP and the unacked HSET a live
-worker spends well under a millisecond, so a live worker's message is never taken for lost.
+worker spends well under a millisecond; one stalled there for seconds (its GIL held by a
+model load) would make the message look lost, and then both copies arrive somewhere: each
+worker claims the message's owner entry as it receives it (workers/failover.py `own`), and
+the copy that finds another live worker owning it is skipped, so the work still runs once.
 """
 
 from __future__ import annotations

@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 UNACKED = "unacked"  # kombu's default `unacked_key`
 
+# KEYS: owners hash; ARGV: tag, this holder's id, the alive-key prefix.
+# 1: this holder owns the tag now; 0: another holder that is alive owns it (a duplicate copy).
+OWN = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and holder ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: owners hash, alive key of the dead holder; ARGV: tag, holder id.
 # 1: claimed (the caller restores it); 0: not this holder's any more, or the holder is alive.
 CLAIM = """
@@ -62,6 +71,7 @@ class Failover:
         self.ttl_s = float(ttl_s)
         self.interval_s = max(0.1, self.ttl_s / 5)  # several beats per TTL: one late beat is no death
         self._claim = client.register_script(CLAIM)
+        self._own = client.register_script(OWN)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="genserve-failover", daemon=True)
 
@@ -70,19 +80,23 @@ class Failover:
         self._thread.start()
         return self
 
-    def own(self, tag: str) -> None:
+    def own(self, tag: str) -> bool:
         """Owner of `tag` now, as the message arrives (a beat could come too late: a worker
         killed between receiving a message and its next beat would otherwise leave it to the
-        visibility timeout)."""
-        self._client.hset(self.owners, tag, self.holder)
+        visibility timeout). False: another worker that is alive owns it, so this is a second
+        copy of a message being run there (the gateway re-sent it while that worker was
+        stalled between taking it and recording it, or a restore scan re-queued it): the
+        caller must not run it."""
+        return bool(self._own(keys=[self.owners], args=[tag, self.holder, self._alive]))
 
     def beat(self) -> None:
-        """One heartbeat: alive for `ttl_s` more, owner of every message held."""
+        """One heartbeat: alive for `ttl_s` more, owner of every message held (unless another
+        live worker owns it: a duplicate copy held here only until it is skipped)."""
         tags = self._held()
         pipe = self._client.pipeline(transaction=True)
         pipe.set(self._alive + self.holder, 1, px=int(self.ttl_s * 1000))
-        if tags:
-            pipe.hset(self.owners, mapping={tag: self.holder for tag in tags})
+        for tag in tags:
+            self._own(keys=[self.owners], args=[tag, self.holder, self._alive], client=pipe)
         pipe.execute()
 
     def sweep(self) -> list[str]:
@@ -149,6 +163,17 @@ def kombu_restorer(app: Any) -> Callable[[str], None]:
     return restore
 
 
+DUPLICATES: set[str] = set()  # ids of received tasks another live worker runs (solo and threads pools)
+
+
+def take_duplicate(task_id: str) -> bool:
+    """Whether this received task is a second copy that must not run (forgets it)."""
+    if task_id in DUPLICATES:
+        DUPLICATES.discard(task_id)
+        return True
+    return False
+
+
 def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]], ttl_s: float) -> Failover:
     """Start this worker process's heartbeat and sweep (genserve worker)."""
     import redis
@@ -160,7 +185,10 @@ def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag is not None:
             try:
-                failover.own(str(tag))
+                if not failover.own(str(tag)):
+                    log.warning("message %s (task %s) is run by another live worker: this copy is skipped",
+                                tag, getattr(request, "id", "?"))
+                    DUPLICATES.add(str(getattr(request, "id", "")))
             except Exception as exc:  # Redis away: the next beat owns it
                 log.warning("failover: could not own message %s: %s", tag, exc)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable
+from typing import Any, Callable
 
 from celery import Celery
+from celery.exceptions import Ignore
 
 from genserve.errors import InvalidArgumentError
 from genserve.protocol import TASK_NAME, Loop, Op, TaskPayload, TaskResult, serves
-from genserve.workers import metrics
+from genserve.workers import failover, metrics
 from genserve.workers.batching import CallLog, failure
 from genserve.workers.loops import HANDLERS, Handler
 from genserve.workers.runtime import LoadedModel, ModelCache
@@ -62,8 +63,11 @@ def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None
     # resultrepr_maxsize: Celery's tracer reprs every return value for its "succeeded" log
     # line (whatever the log level), walking all of a batch's outcomes and their tensor bytes;
     # a short repr costs a few tokens instead. The result itself is stored whole.
-    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS)
-    def run_batch(payload: TaskPayload) -> TaskResult:
+    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS,
+              bind=True)
+    def run_batch(self: Any, payload: TaskPayload) -> TaskResult:
+        if failover.take_duplicate(self.request.id):  # a live worker runs the other copy
+            raise Ignore()  # acked, no result stored: the other copy's result is the answer
         # Created on the first task, in the process that runs it (after any fork).
         if "cache" not in state:
             state["cache"] = cache_factory()

@@ -148,3 +148,50 @@ def test_worker_killed_or_stopped_under_load_loses_nothing_and_nobody_waits_for_
     else:
         assert victim.process.returncode == 0
 
+
+
+def test_a_second_copy_of_a_message_a_live_worker_runs_is_skipped(repo: Path, redis_url: str):
+    """The same task message pushed twice (what a gateway re-send or a restore scan does while
+    the first holder is alive but slow): the second worker to receive it sees a live owner and
+    skips its copy (acked, no result written), so the work runs once; the result is the first's."""
+    from genserve.protocol import RESULT_PREFIX
+    from genserve.services.backends.celery import TaskPublisher
+    from genserve.settings import Settings
+    from genserve.workers.app import create_app
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    workers = [WorkerProcess(repo, redis_url, prefix, "--log-level", "INFO") for _ in range(2)]
+    try:
+        with GatewayThread(distributed_settings(repo, redis_url, prefix)) as gw:
+            gw.wait_for_model("vae")  # both workers up and consuming (each takes a warm-up below)
+            for seed in range(4):
+                gw.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1, seed=seed), timeout=30)
+        settings = Settings(broker_url=redis_url, queue_prefix=prefix)
+        publisher = TaskPublisher(create_app(settings, with_results=False), client)
+        task_id = f"dup_{uuid.uuid4().hex[:8]}"
+        request = {"count": 4096, "seed": 3, "first_index": 0, "label": None, "latents": None,
+                   "tensor": True, "png": True, "return_latents": False}
+        payload = {"model": "vae", "op": "generate_images", "requests": [request], "sent_at": time.time()}
+        message = publisher.encode(task_id, settings.queue_for("vae"), payload, time.time() + 60)
+        tag = __import__("json").loads(message)["properties"]["delivery_tag"]
+        owners, _ = keys(prefix)
+        client.lpush(settings.queue_for("vae"), message)
+        end = time.monotonic() + 20
+        while client.hget(owners, tag) is None:  # taken and owned by one worker
+            assert time.monotonic() < end, "nobody took the first copy"
+            time.sleep(0.005)
+        client.lpush(settings.queue_for("vae"), message)  # the same bytes again while it runs
+        end = time.monotonic() + 60
+        while not client.exists(RESULT_PREFIX + task_id) or client.llen(settings.queue_for("vae")):
+            assert time.monotonic() < end, "no result"
+            time.sleep(0.05)
+        time.sleep(2.0)  # a second run, had there been one, would finish meanwhile
+        logs = [w.output() for w in workers]
+        ran = sum(log.count(f"[{task_id}] succeeded") for log in logs)
+        skipped = sum(log.count("this copy is skipped") for log in logs)
+        received = sum(log.count(f"[{task_id}] received") for log in logs)
+        assert received == 2 and skipped == 1 and ran == 1, (received, skipped, ran)
+    finally:
+        for w in workers:
+            w.stop()
