@@ -75,7 +75,7 @@ class BulkConsumer(threading.Thread):
     def __init__(self, broker_url: str, transport_options: dict[str, Any], queues: list[str],
                  run: Callable[[dict[str, Any], Callable[[], None]], str],
                  republish: Callable[[str, dict[str, Any]], None], online: OnlineTasks,
-                 hold: Callable[[str], None] | None = None, release: Callable[[str], None] | None = None) -> None:
+                 hold: Callable[[str], bool | None] | None = None, release: Callable[[str], None] | None = None) -> None:
         super().__init__(name="genserve-bulk", daemon=True)
         self.broker_url = broker_url
         self.transport_options = transport_options
@@ -83,7 +83,8 @@ class BulkConsumer(threading.Thread):
         self.run_chunk = run
         self.republish = republish
         self.online = online
-        self.hold = hold or (lambda tag: None)  # lease renewal and failover ownership of a message
+        # lease renewal and failover ownership of a message; False: a live worker runs it already
+        self.hold = hold or (lambda tag: True)
         self.release = release or (lambda tag: None)
         self.stopping = threading.Event()
 
@@ -112,7 +113,9 @@ class BulkConsumer(threading.Thread):
         payload = body[0][0]  # Celery protocol 2: [args, kwargs, embed]; args = [payload]
         queue = (message.delivery_info or {}).get("routing_key") or self.queues[0]
         tag = str(message.delivery_tag)
-        self.hold(tag)
+        if self.hold(tag) is False:  # a second copy of a chunk another live worker runs
+            message.ack()
+            return
         try:
             outcome = self.run_chunk(payload, Yielder(self.online))
             if outcome == "retry":

@@ -54,14 +54,18 @@ def start_bulk_consumer(app: Celery, settings: Settings, queues: list[str], keep
     def republish(queue: str, payload: dict[str, Any]) -> None:
         app.send_task(CHUNK_TASK_NAME, args=[payload], queue=queue, routing_key=queue)
 
-    def hold(tag: str) -> None:
-        if keeper is not None:
-            keeper.hold(tag)
+    def hold(tag: str) -> bool:
+        """False: another live worker runs this chunk message (a second copy): skip it."""
         if failover is not None:
             try:
-                failover.own(tag)
+                if not failover.own(tag):
+                    log.warning("chunk message %s is run by another live worker: this copy is skipped", tag)
+                    return False
             except Exception as exc:  # Redis away: the next beat owns it (keeper.held lists it)
                 log.warning("failover: could not own chunk message %s: %s", tag, exc)
+        if keeper is not None:
+            keeper.hold(tag)
+        return True
 
     def release(tag: str) -> None:
         if keeper is not None:
