@@ -208,58 +208,9 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from genserve.workers.app import create_app, worker_pool, worker_queues
+    from genserve.workers.main import run_worker
 
-    if settings.embedded:
-        print("genserve worker needs --broker-url (or GENSERVE_BROKER_URL)", file=sys.stderr)
-        return 2
-    from genserve.workers import hot_models
-    from genserve.workers.leases import install
-
-    queues = worker_queues(settings)
-    hot = not settings.worker.queues and settings.worker.model_scan_s > 0
-    if not queues and not hot:
-        print(f"no models in {settings.model_repository} and no --queues: nothing to serve; "
-              "build one with `genserve export vae`", file=sys.stderr)
-        return 2
-    if not queues:  # an empty repository: wait on the default queue for models to be published
-        print(f"no models in {settings.model_repository} yet: serving each one as it is published",
-              file=sys.stderr)
-        queues = [f"{settings.queue_prefix}.default"]
-    from genserve.workers.metrics import serve as serve_metrics
-
-    app = create_app(settings)
-    pool, concurrency = worker_pool(settings)
-    hot_models.install(app, settings, pool)  # only without --queues: consume new models' queues
-    serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")
-    # Long tasks keep their messages: renew the visibility lease of each message held (the
-    # visibility timeout is a Redis-transport notion; other brokers redeliver on disconnect).
-    failover = keeper = None
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        keeper = install(settings.broker_url, settings.worker.visibility_timeout_s)
-        if settings.worker.failover_ttl_s > 0:  # a dead worker's messages return in seconds
-            from genserve.workers import failover as failover_module
-
-            failover = failover_module.install(app, settings.broker_url, settings.queue_prefix, keeper.held,
-                                               settings.worker.failover_ttl_s)
-    from genserve.workers.app import bulk_queues
-    from genserve.workers.jobs.task import start_bulk_consumer
-
-    # batch-job chunks, beside the online tasks, with leases and failover like theirs
-    start_bulk_consumer(app, settings, bulk_queues(settings), keeper, failover)
-    try:
-        app.worker_main([
-            "worker", "--queues", ",".join(queues), "--pool", pool,
-            "--concurrency", str(concurrency),
-            "--loglevel", settings.log_level.upper(), "--hostname", settings.worker.hostname,
-            # Heartbeats stay on (one small event every 2 s): they keep the worker's event
-            # dispatcher up, so Flower sees the worker and can turn task events on remotely.
-            "--without-gossip", "--without-mingle",
-        ])
-    finally:
-        if failover is not None:  # after Celery restored its prefetched messages: nothing left behind
-            failover.close()
-    return 0
+    return run_worker(settings)
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
