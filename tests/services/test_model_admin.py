@@ -1,0 +1,168 @@
+"""Model administration through a real gateway: SetDefaultVersion pins what a bare name serves
+(every gateway on the repository follows), RescanRepository reports what changed, both need
+the `admin` permission, and bad requests get clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from genserve.repository import MANIFEST
+from genserve.settings import AuthSettings, GatewaySettings, Settings
+from genserve.v1 import inference_pb2, models_pb2
+from tests.services.test_auth import ADMIN, INFER, JOBS, KEYS, code_of
+from tests.support import GatewayThread
+
+pytestmark = pytest.mark.integration
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def copy_version(root: Path, name: str, source: str, version: str) -> Path:
+    """`name:source` published again as `name:version` (same graph, its manifest says `version`)."""
+    target = root / name / version
+    shutil.copytree(root / name / source, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest["version"] = version
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.fixture(scope="module")
+def admin_repo(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the test repository with vae:1, vae:2 and cvae:1, plus cvae:2 whose graph no
+    longer matches its sha256 (not ready). A copy: pins must not leak into other tests."""
+    root = tmp_path_factory.mktemp("admin-repository")
+    for name in ("vae", "cvae"):
+        shutil.copytree(repo / name, root / name)
+    copy_version(root, "vae", "1", "2")
+    with open(copy_version(root, "cvae", "1", "2") / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def secured(admin_repo: Path):
+    settings = Settings(model_repository=admin_repo, gateway=GatewaySettings(port=0), auth=AuthSettings(api_keys=KEYS))
+    with GatewayThread(settings) as gw:
+        yield gw
+
+
+def pin(gw: GatewayThread, model: str, version: str = "", key: str = ADMIN) -> models_pb2.ModelInfo:
+    return gw.models.SetDefaultVersion(models_pb2.SetDefaultVersionRequest(model=model, version=version),
+                                       metadata=bearer(key), timeout=30)
+
+
+def served(gw: GatewayThread, model: str = "vae") -> str:
+    """The version GenerateImages for `model` answered from."""
+    request = inference_pb2.GenerateImagesRequest(model=model, count=1, seed=3)
+    return gw.inference.GenerateImages(request, metadata=bearer(INFER), timeout=60).model
+
+
+def flags(gw: GatewayThread, name: str = "vae") -> list[tuple[str, bool, bool]]:
+    listed = gw.models.ListModels(models_pb2.ListModelsRequest(), metadata=bearer(INFER), timeout=30).models
+    return [(m.version, m.latest, m.pinned) for m in listed if m.name == name]
+
+
+def test_only_an_admin_key_may_pin_or_rescan(secured, admin_repo: Path):
+    """inference and jobs keys: PERMISSION_DENIED naming `admin`, nothing written; reads stay
+    `inference`; an admin key pins and rescans."""
+    rescan = models_pb2.RescanRepositoryRequest()
+    for key in (INFER, JOBS):
+        code, details = code_of(lambda: pin(secured, "vae", "1", key=key))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "`admin`" in details and "SetDefaultVersion" in details
+        code, details = code_of(lambda: secured.models.RescanRepository(rescan, metadata=bearer(key), timeout=30))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "`admin`" in details
+    code, _ = code_of(lambda: secured.models.RescanRepository(rescan, timeout=30))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert not (admin_repo / "vae" / "default_version").exists()
+    assert secured.models.GetModel(models_pb2.GetModelRequest(model="vae"), metadata=bearer(INFER), timeout=30).version == "2"
+    code, _ = code_of(lambda: secured.models.GetModel(models_pb2.GetModelRequest(model="vae"), metadata=bearer(JOBS), timeout=30))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert pin(secured, "vae").version == "2"  # admin: an unpin of an unpinned model is a no-op
+    found = secured.models.RescanRepository(rescan, metadata=bearer(ADMIN), timeout=30)
+    assert {(m.name, m.version) for m in found.models} == {("vae", "1"), ("vae", "2"), ("cvae", "1"), ("cvae", "2")}
+
+
+def test_a_pinned_older_version_serves_the_bare_name_until_unpinned(secured, admin_repo: Path):
+    """vae -> vae:2; pinned to 1 -> vae:1 (GenerateImages, GetModel, ListModels), and still vae:1
+    after vae:3 is published; unpinned -> the newest, vae:3; rescans report vae:3 added, removed."""
+    assert served(secured) == "vae:2" and flags(secured) == [("1", False, False), ("2", True, False)]
+    info = pin(secured, "vae", "1")
+    assert (info.name, info.version, info.latest, info.pinned, info.ready) == ("vae", "1", True, True, True)
+    assert (admin_repo / "vae" / "default_version").read_text() == "1\n"
+    assert served(secured) == "vae:1" and served(secured, "vae:2") == "vae:2"
+    assert flags(secured) == [("1", True, True), ("2", False, False)]
+    try:
+        copy_version(admin_repo, "vae", "1", "3")
+        rescan = secured.models.RescanRepository(models_pb2.RescanRepositoryRequest(), metadata=bearer(ADMIN), timeout=30)
+        assert list(rescan.added) == ["vae:3"] and list(rescan.removed) == [] and list(rescan.unreadable) == []
+        assert [(m.version, m.latest, m.pinned) for m in rescan.models if m.name == "vae"] == [
+            ("1", True, True), ("2", False, False), ("3", False, False)], "a new version does not override a pin"
+        assert served(secured) == "vae:1"
+        info = pin(secured, "vae")
+        assert (info.version, info.latest, info.pinned) == ("3", True, False)
+        assert not (admin_repo / "vae" / "default_version").exists() and served(secured) == "vae:3"
+    finally:
+        shutil.rmtree(admin_repo / "vae" / "3")
+        (admin_repo / "vae" / "default_version").unlink(missing_ok=True)
+    rescan = secured.models.RescanRepository(models_pb2.RescanRepositoryRequest(), metadata=bearer(ADMIN), timeout=30)
+    assert list(rescan.added) == [] and list(rescan.removed) == ["vae:3"] and served(secured) == "vae:2"
+
+
+def test_bad_pins_get_clear_errors_and_change_nothing(secured, admin_repo: Path):
+    """A versioned or malformed name, a bad version: INVALID_ARGUMENT; an unknown model or
+    version: NOT_FOUND listing what exists; a version that is not ready: FAILED_PRECONDITION."""
+    cases = [
+        (("vae:1", "1"), grpc.StatusCode.INVALID_ARGUMENT, "without a version"),
+        (("", "1"), grpc.StatusCode.INVALID_ARGUMENT, "model must be a name"),
+        (("../vae", "1"), grpc.StatusCode.INVALID_ARGUMENT, "model name must match"),
+        (("vae", "x"), grpc.StatusCode.INVALID_ARGUMENT, "version must be a positive integer"),
+        (("vae", "0"), grpc.StatusCode.INVALID_ARGUMENT, "version must be a positive integer"),
+        (("nope", "1"), grpc.StatusCode.NOT_FOUND, "available models: cvae, vae"),
+        (("nope", ""), grpc.StatusCode.NOT_FOUND, "available models: cvae, vae"),
+        (("vae", "9"), grpc.StatusCode.NOT_FOUND, "versions: 1, 2"),
+        (("cvae", "2"), grpc.StatusCode.FAILED_PRECONDITION, "cvae:2, it is not ready: cvae:2: sha256 of model.onnx"),
+    ]
+    for (model, version), status, message in cases:
+        code, details = code_of(lambda: pin(secured, model, version))
+        assert (code, message in details) == (status, True), (model, version, code, details)
+    assert not any((admin_repo / name / "default_version").exists() for name in ("vae", "cvae"))
+    assert served(secured) == "vae:2"
+
+
+def test_rescan_reports_a_version_whose_manifest_cannot_be_read(secured, admin_repo: Path):
+    """A version directory with a garbled manifest.json is listed as unreadable, not served."""
+    broken = admin_repo / "vae" / "7"
+    broken.mkdir()
+    (broken / MANIFEST).write_text("{not json")
+    try:
+        rescan = secured.models.RescanRepository(models_pb2.RescanRepositoryRequest(), metadata=bearer(ADMIN), timeout=30)
+        assert [u.split(":", 2)[:2] for u in rescan.unreadable] == [["vae", "7"]]
+        assert "manifest of vae:7 is invalid" in rescan.unreadable[0] and served(secured) == "vae:2"
+    finally:
+        shutil.rmtree(broken)
+
+
+def test_every_gateway_on_the_repository_follows_a_pin(secured, admin_repo: Path):
+    """A pin made through one gateway reaches a second one (no auth, 0.2 s manifest cache)
+    within its cache's lifetime, without a rescan there."""
+    other_settings = Settings(model_repository=admin_repo, gateway=GatewaySettings(port=0, manifest_ttl_s=0.2))
+    with GatewayThread(other_settings) as other:
+        assert served(other) == "vae:2"
+        try:
+            pin(secured, "vae", "1")
+            time.sleep(0.3)
+            assert served(other) == "vae:1"
+            assert other.models.GetModel(models_pb2.GetModelRequest(model="vae"), timeout=30).pinned
+        finally:
+            pin(secured, "vae")
+        time.sleep(0.3)
+        assert served(other) == "vae:2" and served(secured) == "vae:2"
