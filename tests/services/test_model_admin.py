@@ -166,3 +166,60 @@ def test_every_gateway_on_the_repository_follows_a_pin(secured, admin_repo: Path
             pin(secured, "vae")
         time.sleep(0.3)
         assert served(other) == "vae:2" and served(secured) == "vae:2"
+
+
+def test_clients_pin_and_rescan_with_an_admin_key(secured, admin_repo: Path):
+    """Client.set_default_version / rescan_repository and their AsyncClient twins; an inference
+    key raises GenserveRpcError with PERMISSION_DENIED."""
+    import asyncio
+
+    from genserve.aio_client import AsyncClient
+    from genserve.client import Client, GenserveRpcError
+
+    with Client(secured.address, api_key=INFER) as client, pytest.raises(GenserveRpcError) as denied:
+        client.set_default_version("vae", "1")
+    assert denied.value.status == grpc.StatusCode.PERMISSION_DENIED
+    with Client(secured.address, api_key=ADMIN) as client:
+        try:
+            assert client.set_default_version("vae", "1").pinned and served(secured) == "vae:1"
+            assert [m.version for m in client.rescan_repository().models if m.latest and m.name == "vae"] == ["1"]
+        finally:
+            assert client.set_default_version("vae", None).version == "2"
+
+    async def run() -> tuple[str, list[str]]:
+        async with AsyncClient(secured.address, api_key=ADMIN) as client:
+            pinned = await client.set_default_version("vae", "1")
+            await client.set_default_version("vae", None)
+            return pinned.version, list((await client.rescan_repository()).removed)
+
+    assert asyncio.run(run()) == ("1", []) and served(secured) == "vae:2"
+
+
+def test_models_commands_pin_unpin_and_rescan(secured, admin_repo: Path, tmp_path: Path):
+    """`genserve models pin|unpin|rescan` with an admin key file; an inference key exits 1 with
+    PERMISSION_DENIED; `genserve models` marks each name's default version."""
+    import subprocess
+    import sys
+
+    def genserve(*args: str, key: str = ADMIN) -> subprocess.CompletedProcess:
+        (tmp_path / "key").write_text(key + "\n")
+        return subprocess.run([sys.executable, "-m", "genserve", "models", *args, "--address", secured.address,
+                               "--api-key-file", str(tmp_path / "key")], capture_output=True, text=True, timeout=120)
+
+    denied = genserve("pin", "vae", "1", key=INFER)
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr and "Traceback" not in denied.stderr
+    try:
+        done = genserve("pin", "vae", "1")
+        assert done.returncode == 0 and done.stdout.strip() == "vae now serves vae:1 (pinned)", done.stderr
+        listing = subprocess.run([sys.executable, "-m", "genserve", "models", "--repository", str(admin_repo)],
+                                 capture_output=True, text=True, timeout=120).stdout
+        assert [line.split()[0] for line in listing.splitlines() if line.endswith("(default, pinned)")] == ["vae:1"]
+        rescan = genserve("rescan")
+        assert rescan.returncode == 0 and "4 version(s); 0 added, 0 removed, 0 unreadable" in rescan.stdout
+        assert any(line.split()[:3] == ["vae:1", "default,", "pinned"] for line in rescan.stdout.splitlines())
+        assert any(line.startswith("cvae:2") and "NOT READY: cvae:2: sha256" in line for line in rescan.stdout.splitlines())
+    finally:
+        done = genserve("unpin", "vae")
+    assert done.returncode == 0 and done.stdout.strip() == "vae now serves vae:2 (the newest)"
+    bad = genserve("pin", "vae", "9")
+    assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr and "versions: 1, 2" in bad.stderr
