@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from genserve.repository import MANIFEST
@@ -35,14 +36,37 @@ def copy_version(root: Path, name: str, source: str, version: str) -> Path:
     return target
 
 
+def inverted_copy(root: Path, name: str, source: str, version: str) -> Path:
+    """`name:source` as `name:version` whose images are 1 - the source's: the same signature,
+    outputs that tell the two versions apart."""
+    import onnx
+    from onnx import helper
+
+    from genserve.repository import sha256_file
+
+    target = copy_version(root, name, source, version)
+    model = onnx.load(str(target / "model.onnx"))
+    for node in model.graph.node:
+        node.output[:] = ["image_raw" if o == "image" else o for o in node.output]
+    one = helper.make_tensor("one", onnx.TensorProto.FLOAT, [], [1.0])
+    model.graph.node.extend([helper.make_node("Constant", [], ["one"], value=one),
+                             helper.make_node("Sub", ["one", "image_raw"], ["image"])])
+    onnx.save_model(model, str(target / "model.onnx"))
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest["files"]["model"]["sha256"] = sha256_file(target / "model.onnx")
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    return target
+
+
 @pytest.fixture(scope="module")
 def admin_repo(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the test repository with vae:1, vae:2 and cvae:1, plus cvae:2 whose graph no
-    longer matches its sha256 (not ready). A copy: pins must not leak into other tests."""
+    """A copy of the test repository with vae:1, vae:2 (its images inverted) and cvae:1, plus
+    cvae:2 whose graph no longer matches its sha256 (not ready). A copy: pins must not leak
+    into other tests."""
     root = tmp_path_factory.mktemp("admin-repository")
     for name in ("vae", "cvae"):
         shutil.copytree(repo / name, root / name)
-    copy_version(root, "vae", "1", "2")
+    inverted_copy(root, "vae", "1", "2")
     with open(copy_version(root, "cvae", "1", "2") / "model.onnx", "ab") as f:
         f.write(b"\0")
     return root
@@ -60,10 +84,24 @@ def pin(gw: GatewayThread, model: str, version: str = "", key: str = ADMIN) -> m
                                        metadata=bearer(key), timeout=30)
 
 
+def generate(gw: GatewayThread, model: str = "vae") -> tuple[str, np.ndarray]:
+    """The version GenerateImages for `model` says it answered from, and its images."""
+    from genserve.tensors import from_proto
+
+    request = inference_pb2.GenerateImagesRequest(model=model, count=2, seed=3)
+    reply = gw.inference.GenerateImages(request, metadata=bearer(INFER), timeout=60)
+    return reply.model, from_proto(reply.images, "images")
+
+
 def served(gw: GatewayThread, model: str = "vae") -> str:
-    """The version GenerateImages for `model` answered from."""
-    request = inference_pb2.GenerateImagesRequest(model=model, count=1, seed=3)
-    return gw.inference.GenerateImages(request, metadata=bearer(INFER), timeout=60).model
+    """The version GenerateImages for `model` answered from, checked against its images: vae:2's
+    are 1 - vae:1's, so the images show which graph really ran."""
+    ref, images = generate(gw, model)
+    if ref.startswith("vae:"):
+        _, first = generate(gw, "vae:1")
+        expected = 1.0 - first if ref == "vae:2" else first  # vae:3, when there, is a copy of vae:1
+        assert np.allclose(images, expected, atol=1e-6), f"{ref}'s images are not its own"
+    return ref
 
 
 def flags(gw: GatewayThread, name: str = "vae") -> list[tuple[str, bool, bool]]:
@@ -223,3 +261,25 @@ def test_models_commands_pin_unpin_and_rescan(secured, admin_repo: Path, tmp_pat
     assert done.returncode == 0 and done.stdout.strip() == "vae now serves vae:2 (the newest)"
     bad = genserve("pin", "vae", "9")
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr and "versions: 1, 2" in bad.stderr
+
+
+def test_workers_behind_redis_run_the_pinned_version(admin_repo: Path, redis_url: str):
+    """Distributed: the gateway resolves the pin and sends "vae:1" through Redis to a worker
+    process, whose images are vae:1's; unpinned, the worker runs vae:2 again."""
+    import uuid
+
+    from tests.conftest import WorkerProcess, distributed_settings
+
+    prefix = f"admin-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(admin_repo, redis_url, prefix)
+    try:
+        with GatewayThread(distributed_settings(admin_repo, redis_url, prefix)) as gw:
+            gw.wait_for_model("vae:2", timeout_s=90)
+            assert served(gw) == "vae:2"
+            try:
+                assert pin(gw, "vae", "1").pinned and served(gw) == "vae:1"
+            finally:
+                pin(gw, "vae")
+            assert served(gw) == "vae:2"
+    finally:
+        worker.stop()
