@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, AsyncIterator
@@ -112,14 +113,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     @unary
     async def SetDefaultVersion(self, request: models_pb2.SetDefaultVersionRequest, context: grpc.aio.ServicerContext) -> models_pb2.ModelInfo:
         name, version = validation.default_version(request)
-        manifest = self.catalog.pin(name, version)
+        manifest = await asyncio.to_thread(self.catalog.pin, name, version)  # disk writes, sha256 of the version
         log.warning("default version of %s is now %s (%s)", name, manifest.ref,
                     f"pinned to {version}" if version else "the newest, unpinned")
         return self._info(manifest)
 
     @unary
     async def RescanRepository(self, request: models_pb2.RescanRepositoryRequest, context: grpc.aio.ServicerContext) -> models_pb2.RescanRepositoryResponse:
-        found = self.catalog.rescan()
+        found = await asyncio.to_thread(self.catalog.rescan)  # reads every manifest
         return models_pb2.RescanRepositoryResponse(
             added=found.added, removed=found.removed,
             unreadable=[f"{ref}: {reason}" for ref, reason in found.unreadable.items()],
