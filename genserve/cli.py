@@ -6,7 +6,7 @@
     genserve train vae | export vae   train (resumable) / train + export + publish a model
     genserve import-hf DIR --name M   publish a local Hugging Face BERT classifier or GPT-2
     genserve models                   what the repository holds (the default version of each name marked)
-    genserve models pin vae 1         through a gateway, admin key: "vae" serves vae:1 (unpin vae: the newest)
+    genserve models pin vae 1         through a gateway, admin key: "vae" serves vae:1 (unpin vae: the newest ready)
     genserve models rescan            through a gateway, admin key: re-read the repository now
     genserve generate vae -n 64 --seed 1 -o digits.png
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     pin = admin.add_parser("pin", help="requests for NAME without a version go to VERSION (SetDefaultVersion)")
     pin.add_argument("name", help="model name, e.g. vae")
     pin.add_argument("version", help="a ready version of it, e.g. 1")
-    unpin = admin.add_parser("unpin", help="NAME serves its newest version again")
+    unpin = admin.add_parser("unpin", help="NAME serves its newest ready version again")
     unpin.add_argument("name", help="model name, e.g. vae")
     rescan = admin.add_parser("rescan", help="the gateway re-reads the repository now (RescanRepository)")
     for action in (pin, unpin, rescan):
@@ -295,17 +295,16 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from genserve.repository import ModelRepository
+    from genserve.services.catalog import ModelCatalog
 
-    repository = ModelRepository(settings.model_repository)
-    manifests = repository.manifests()
+    catalog = ModelCatalog(ModelRepository(settings.model_repository), ttl_s=float("inf"))  # one scan
+    manifests = catalog.all()
     if not manifests:
         print(f"no models in {settings.model_repository}")
-    defaults = {m.name: repository.default_version(m.name, [v.version for v in manifests if v.name == m.name])
-                for m in manifests}
     for m in manifests:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
-        version, pinned = defaults[m.name]
-        marker = ("  (default, pinned)" if pinned else "  (default)") if version == m.version else ""
+        default = catalog.resolve(m.name).version == m.version  # what a gateway sends "name" to
+        marker = ("  (default, pinned)" if catalog.pinned(m.name) else "  (default)") if default else ""
         print(f"{m.ref:<16} {m.kind:<10} {m.loop:<18} {metrics}{marker}")
     return 0
 
@@ -315,7 +314,7 @@ def cmd_models_admin(args: argparse.Namespace, settings: Settings | None = None)
     with _client(args) as client:
         if args.models_action != "rescan":
             info = client.set_default_version(args.name, args.version if args.models_action == "pin" else None)
-            print(f"{info.name} now serves {info.name}:{info.version} ({'pinned' if info.pinned else 'the newest'})")
+            print(f"{info.name} now serves {info.name}:{info.version} ({'pinned' if info.pinned else 'the newest ready'})")
             return 0
         found = client.rescan_repository()
     for ref in found.added:

@@ -126,7 +126,7 @@ class Client(JobCalls):  # JobCalls: submit_job, watch_job, get_job, list_jobs, 
 
     def set_default_version(self, model: str, version: str | None) -> models_pb2.ModelInfo:
         """SetDefaultVersion (an `admin` key): pin what `model` without a version serves; None
-        removes the pin (the newest again). Returns the version now the default."""
+        removes the pin (the newest ready version again). Returns the version now the default."""
         request = models_pb2.SetDefaultVersionRequest(model=model, version=version or "")
         return self.models.SetDefaultVersion(request, timeout=self.timeout_s)
 

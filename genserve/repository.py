@@ -5,7 +5,8 @@ gateway (which read it): kind, serving loop, ONNX files with their sha256, input
 labels, training data, held-out metrics and tool versions. Clients name models
 ("vae", "vae:2"), never paths; names and versions are validated before they touch the disk.
 "vae" means the version named in `<root>/vae/default_version` when an operator pinned one
-(ModelService.SetDefaultVersion writes it), else the newest.
+(ModelService.SetDefaultVersion writes it), else the newest (the gateway's catalog, which
+also checks readiness, takes the newest ready one).
 """
 
 from __future__ import annotations

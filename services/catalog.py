@@ -3,12 +3,15 @@ and the model administration that changes it (pinning default versions, rescanni
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from genserve.errors import FailedPreconditionError, ModelNotReadyError
 from genserve.repository import Manifest, ModelRepository, parse_model_ref
 from genserve.services.readiness import ReadinessChecker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,7 +28,10 @@ def _by_version(refs: set[str]) -> list[str]:
 
 
 class ModelCatalog:
-    """Resolves "name[:version]" to a manifest; re-scans the repository every `ttl_s`."""
+    """Resolves "name[:version]" to a manifest; re-scans the repository every `ttl_s`.
+
+    "name" goes to its pinned version (SetDefaultVersion), else to its newest ready one, else
+    (none ready) to its newest."""
 
     def __init__(self, repository: ModelRepository, ttl_s: float) -> None:
         self.repository = repository
@@ -55,7 +61,7 @@ class ModelCatalog:
         return name in self._pinned
 
     def pin(self, name: str, version: str | None) -> Manifest:
-        """Make `version` the default of `name` (None: the newest again); the new default.
+        """Make `version` the default of `name` (None: the newest ready again); the new default.
         NOT_FOUND for an unknown model or version; FAILED_PRECONDITION for a version that is
         not ready or a repository this process cannot write to."""
         if version is not None:
@@ -96,8 +102,22 @@ class ModelCatalog:
         pinned = set()
         for name, found in versions.items():
             default, is_pinned = self.repository.default_version(name, found)
+            if not is_pinned:
+                default = self._newest_ready(name, found, by_ref)
             by_ref[name] = by_ref[f"{name}:{default}"]
             if is_pinned:
                 pinned.add(name)
+            previous = self._by_ref.get(name)
+            if previous is not None and (previous.version, name in self._pinned) != (default, is_pinned):
+                log.warning("requests for %s now go to %s:%s (%s)", name, name, default,
+                            "pinned" if is_pinned else "the newest ready version")
         self._by_ref, self._pinned, self._unreadable = by_ref, pinned, unreadable
         self._loaded_at = time.monotonic()
+
+    def _newest_ready(self, name: str, found: list[str], by_ref: dict[str, Manifest]) -> str:
+        """The newest version that is ready, so that a bad publish does not take the name's
+        traffic; the newest when none is (its requests then say why). Cached per file state."""
+        for version in reversed(found):
+            if not self.readiness.check(by_ref[f"{name}:{version}"]):
+                return version
+        return found[-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any, AsyncIterator
 
 import grpc
@@ -19,8 +18,6 @@ from genserve.services.dispatch import Dispatcher
 from genserve.services.text_generation import TextGenerationService
 from genserve.settings import Settings
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc, tensor_pb2
-
-log = logging.getLogger(__name__)
 
 
 def _tensor(wire: dict, out: tensor_pb2.Tensor) -> None:
@@ -114,9 +111,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def SetDefaultVersion(self, request: models_pb2.SetDefaultVersionRequest, context: grpc.aio.ServicerContext) -> models_pb2.ModelInfo:
         name, version = validation.default_version(request)
         manifest = await asyncio.to_thread(self.catalog.pin, name, version)  # disk writes, sha256 of the version
-        log.warning("default version of %s is now %s (%s)", name, manifest.ref,
-                    f"pinned to {version}" if version else "the newest, unpinned")
-        return self._info(manifest)
+        return self._info(manifest)  # the catalog logs the change
 
     @unary
     async def RescanRepository(self, request: models_pb2.RescanRepositoryRequest, context: grpc.aio.ServicerContext) -> models_pb2.RescanRepositoryResponse:

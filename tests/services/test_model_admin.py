@@ -155,6 +155,29 @@ def test_a_pinned_older_version_serves_the_bare_name_until_unpinned(secured, adm
     assert list(rescan.added) == [] and list(rescan.removed) == ["vae:3"] and served(secured) == "vae:2"
 
 
+def test_a_newest_version_that_is_not_ready_does_not_take_the_bare_name(secured, admin_repo: Path):
+    """cvae:2 fails its sha256, so cvae goes to cvae:1; vae:3 published with a broken graph
+    leaves vae on vae:2 until its file verifies, then vae:3 takes over."""
+    info = secured.models.GetModel(models_pb2.GetModelRequest(model="cvae"), metadata=bearer(INFER), timeout=30)
+    assert (info.version, info.latest, info.pinned) == ("1", True, False)
+    assert [(m.version, m.latest, m.ready) for m in secured.models.ListModels(
+        models_pb2.ListModelsRequest(), metadata=bearer(INFER), timeout=30).models if m.name == "cvae"] == [
+        ("1", True, True), ("2", False, False)]
+    rescan = models_pb2.RescanRepositoryRequest()
+    try:
+        good = (copy_version(admin_repo, "vae", "1", "3") / "model.onnx").read_bytes()
+        (admin_repo / "vae" / "3" / "model.onnx").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        assert list(secured.models.RescanRepository(rescan, metadata=bearer(ADMIN), timeout=30).added) == ["vae:3"]
+        assert served(secured) == "vae:2" and flags(secured) == [("1", False, False), ("2", True, False), ("3", False, False)]
+        (admin_repo / "vae" / "3" / "model.onnx").write_bytes(good)
+        secured.models.RescanRepository(rescan, metadata=bearer(ADMIN), timeout=30)
+        assert served(secured) == "vae:3"
+    finally:
+        shutil.rmtree(admin_repo / "vae" / "3", ignore_errors=True)
+    secured.models.RescanRepository(rescan, metadata=bearer(ADMIN), timeout=30)
+    assert served(secured) == "vae:2"
+
+
 def test_bad_pins_get_clear_errors_and_change_nothing(secured, admin_repo: Path):
     """A versioned or malformed name, a bad version: INVALID_ARGUMENT; an unknown model or
     version: NOT_FOUND listing what exists; a version that is not ready: FAILED_PRECONDITION."""
@@ -258,7 +281,7 @@ def test_models_commands_pin_unpin_and_rescan(secured, admin_repo: Path, tmp_pat
         assert any(line.startswith("cvae:2") and "NOT READY: cvae:2: sha256" in line for line in rescan.stdout.splitlines())
     finally:
         done = genserve("unpin", "vae")
-    assert done.returncode == 0 and done.stdout.strip() == "vae now serves vae:2 (the newest)"
+    assert done.returncode == 0 and done.stdout.strip() == "vae now serves vae:2 (the newest ready)"
     bad = genserve("pin", "vae", "9")
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr and "versions: 1, 2" in bad.stderr
 
