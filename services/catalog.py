@@ -72,8 +72,8 @@ class ModelCatalog:
             reason = self.readiness.check(manifest)
             if reason:
                 raise FailedPreconditionError(f"cannot pin {name}:{version}, it is not ready: {reason}")
-        else:
-            self.repository.resolve(name)  # NOT_FOUND for an unknown model, as for a pin
+        elif not self.repository.versions(name):
+            self.repository.resolve(name)  # NOT_FOUND listing the models, as for a pin
         try:
             self.repository.pin(name, version)
         except OSError as exc:
