@@ -92,6 +92,15 @@ class AsyncClient:
         response = await self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout_s)
         return list(response.models)
 
+    async def set_default_version(self, model: str, version: str | None) -> models_pb2.ModelInfo:
+        """SetDefaultVersion (an `admin` key); None removes the pin. The version now the default."""
+        request = models_pb2.SetDefaultVersionRequest(model=model, version=version or "")
+        return await self.models.SetDefaultVersion(request, timeout=self.timeout_s)
+
+    async def rescan_repository(self) -> models_pb2.RescanRepositoryResponse:
+        """RescanRepository (an `admin` key): added, removed, unreadable versions; every model."""
+        return await self.models.RescanRepository(models_pb2.RescanRepositoryRequest(), timeout=self.timeout_s)
+
     async def close(self) -> None:
         await self.channel.close()
 

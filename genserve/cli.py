@@ -5,7 +5,9 @@
     genserve worker --broker-url U    a Celery worker alone
     genserve train vae | export vae   train (resumable) / train + export + publish a model
     genserve import-hf DIR --name M   publish a local Hugging Face BERT classifier or GPT-2
-    genserve models                   what the repository holds
+    genserve models                   what the repository holds (the default version of each name marked)
+    genserve models pin vae 1         through a gateway, admin key: "vae" serves vae:1 (unpin vae: the newest ready)
+    genserve models rescan            through a gateway, admin key: re-read the repository now
     genserve generate vae -n 64 --seed 1 -o digits.png
     genserve text gpt "The assert statement" --max-new-tokens 64 --seed 3   (streams to stdout)
     genserve classify textclf "Return the base name of a path."
@@ -108,8 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     hf.add_argument("--name", required=True, help="model name in the repository")
     hf.add_argument("--data", type=Path, help="classifiers: labelled texts (CSV/JSONL text,label) to score fp32 and int8 on")
 
-    models = sub.add_parser("models", help="list the repository's models")
+    models = sub.add_parser("models", help="list the repository's models; pin, unpin, rescan through a gateway")
     _common(models)
+    admin = models.add_subparsers(dest="models_action", metavar="{pin,unpin,rescan}",
+                                  help="model administration through a running gateway (an admin key)")
+    pin = admin.add_parser("pin", help="requests for NAME without a version go to VERSION (SetDefaultVersion)")
+    pin.add_argument("name", help="model name, e.g. vae")
+    pin.add_argument("version", help="a ready version of it, e.g. 1")
+    unpin = admin.add_parser("unpin", help="NAME serves its newest ready version again")
+    unpin.add_argument("name", help="model name, e.g. vae")
+    rescan = admin.add_parser("rescan", help="the gateway re-reads the repository now (RescanRepository)")
+    for action in (pin, unpin, rescan):
+        _client_flags(action)
 
     generate = sub.add_parser("generate", help="generate images through a running gateway")
     generate.add_argument("model", help="model name, e.g. vae or vae:1")
@@ -234,13 +246,40 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from genserve.repository import ModelRepository
+    from genserve.services.catalog import ModelCatalog
 
-    manifests = ModelRepository(settings.model_repository).manifests()
+    catalog = ModelCatalog(ModelRepository(settings.model_repository), ttl_s=float("inf"))  # one scan
+    manifests = catalog.all()
     if not manifests:
         print(f"no models in {settings.model_repository}")
     for m in manifests:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
-        print(f"{m.ref:<16} {m.kind:<10} {m.loop:<18} {metrics}")
+        default = catalog.resolve(m.name).version == m.version  # what a gateway sends "name" to
+        marker = ("  (default, pinned)" if catalog.pinned(m.name) else "  (default)") if default else ""
+        print(f"{m.ref:<16} {m.kind:<10} {m.loop:<18} {metrics}{marker}")
+    return 0
+
+
+def cmd_models_admin(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """`models pin NAME VERSION`, `models unpin NAME`, `models rescan`: through the gateway."""
+    with _client(args) as client:
+        if args.models_action != "rescan":
+            info = client.set_default_version(args.name, args.version if args.models_action == "pin" else None)
+            print(f"{info.name} now serves {info.name}:{info.version} ({'pinned' if info.pinned else 'the newest ready'})")
+            return 0
+        found = client.rescan_repository()
+    for ref in found.added:
+        print(f"added       {ref}")
+    for ref in found.removed:
+        print(f"removed     {ref}")
+    for line in found.unreadable:
+        print(f"unreadable  {line}")
+    for m in found.models:
+        default = ("default, pinned" if m.pinned else "default") if m.latest else ""
+        state = "ready" if m.ready else f"NOT READY: {m.not_ready_reason}"
+        print(f"{m.name + ':' + m.version:<16} {default:<16} {state}")
+    print(f"{len(found.models)} version(s); {len(found.added)} added, {len(found.removed)} removed, "
+          f"{len(found.unreadable)} unreadable")
     return 0
 
 
@@ -317,11 +356,14 @@ CLIENT_COMMANDS = {"generate": cmd_generate, "text": cmd_text, "classify": cmd_c
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in CLIENT_COMMANDS:  # clients of a running gateway: no settings needed
+    client_command = CLIENT_COMMANDS.get(args.command)
+    if args.command == "models" and args.models_action:
+        client_command = cmd_models_admin
+    if client_command is not None:  # clients of a running gateway: no settings needed
         from genserve.rpc import GenserveRpcError
 
         try:
-            return CLIENT_COMMANDS[args.command](args)
+            return client_command(args)
         except GenserveRpcError as exc:  # the gateway's status and message, not a traceback
             print(f"genserve {args.command}: {exc}", file=sys.stderr)
             return 1

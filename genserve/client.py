@@ -7,6 +7,8 @@
         client.complete_text("gpt", "The assert", stop=["\n\n"]).text
         client.score_text("gpt", "Some held-out prose.").bits_per_byte
         client.classify_texts("textclf", ["Return the path's base name."])[0][0]  # (label, p)
+        client.set_default_version("vae", "1")                    # admin: "vae" serves vae:1
+        client.rescan_repository().added                          # admin: ["vae:3"], ...
 
 Every failed call raises genserve.client.GenserveRpcError (a grpc.RpcError; genserve/rpc.py)
 with the gateway's `status` code and `message` (INVALID_ARGUMENT names the allowed values;
@@ -121,6 +123,17 @@ class Client(JobCalls):  # JobCalls: submit_job, watch_job, get_job, list_jobs, 
 
     def list_models(self) -> list[models_pb2.ModelInfo]:
         return list(self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout_s).models)
+
+    def set_default_version(self, model: str, version: str | None) -> models_pb2.ModelInfo:
+        """SetDefaultVersion (an `admin` key): pin what `model` without a version serves; None
+        removes the pin (the newest ready version again). Returns the version now the default."""
+        request = models_pb2.SetDefaultVersionRequest(model=model, version=version or "")
+        return self.models.SetDefaultVersion(request, timeout=self.timeout_s)
+
+    def rescan_repository(self) -> models_pb2.RescanRepositoryResponse:
+        """RescanRepository (an `admin` key): the gateway re-reads the repository now; added,
+        removed and unreadable versions, and every model as ListModels lists them."""
+        return self.models.RescanRepository(models_pb2.RescanRepositoryRequest(), timeout=self.timeout_s)
 
     def close(self) -> None:
         self.channel.close()

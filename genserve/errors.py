@@ -42,6 +42,13 @@ class ModelNotReadyError(GenserveError):
     code = "UNAVAILABLE"
 
 
+class FailedPreconditionError(GenserveError):
+    """The request is valid but the system is not in a state to carry it out (an administrative
+    change to a version that is not ready, a repository the gateway cannot write)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class NotImplementedYetError(GenserveError):
     code = "UNIMPLEMENTED"
 
@@ -56,6 +63,7 @@ _BY_CODE = {
     "RESOURCE_EXHAUSTED": QueueFullError,
     "DEADLINE_EXCEEDED": DeadlineExceededError,
     "UNAVAILABLE": ModelNotReadyError,
+    "FAILED_PRECONDITION": FailedPreconditionError,
     "UNIMPLEMENTED": NotImplementedYetError,
 }
 

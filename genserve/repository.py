@@ -4,6 +4,9 @@ The manifest is the contract between `genserve.export` (which writes it) and the
 gateway (which read it): kind, serving loop, ONNX files with their sha256, input/output specs,
 labels, training data, held-out metrics and tool versions. Clients name models
 ("vae", "vae:2"), never paths; names and versions are validated before they touch the disk.
+"vae" means the version named in `<root>/vae/default_version` when an operator pinned one
+(ModelService.SetDefaultVersion writes it), else the newest (the gateway's catalog, which
+also checks readiness, takes the newest ready one).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -25,6 +29,7 @@ from genserve.errors import InvalidArgumentError, ModelNotFoundError, ModelNotRe
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+DEFAULT_VERSION = "default_version"  # <root>/<name>/default_version: the version "name" is pinned to
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
@@ -146,24 +151,74 @@ class ModelRepository:
 
     def manifests(self) -> list[Manifest]:
         """Every readable manifest; a broken one is logged and skipped, not fatal."""
-        found = []
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[Manifest], dict[str, str]]:
+        """Every readable manifest, and "name:version" -> why, for each one that is not."""
+        found, unreadable = [], {}
         for name in self.names():
             for version in self.versions(name):
                 try:
                     found.append(self.load(name, version))
                 except ModelNotReadyError as exc:
                     log.warning("skipping %s:%s: %s", name, version, exc)
-        return found
+                    unreadable[f"{name}:{version}"] = str(exc)
+        return found, unreadable
+
+    def pinned_version(self, name: str) -> str | None:
+        """The version an operator pinned `name` to (SetDefaultVersion), or None."""
+        path = self.root / name / DEFAULT_VERSION
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            return None
+        if not VERSION_RE.match(text):
+            log.warning("ignoring %s: %r is not a version", path, text[:20])
+            return None
+        return text
+
+    def default_version(self, name: str, versions: list[str]) -> tuple[str, bool]:
+        """What "name" resolves to among `versions` (sorted, not empty), and whether by a pin:
+        the pinned version while it is there, else the newest. A pin to a version that is gone
+        is logged and ignored."""
+        pinned = self.pinned_version(name)
+        if pinned is not None and pinned in versions:
+            return pinned, True
+        if pinned is not None:
+            log.warning("%s is pinned to version %s, which is gone; %s:%s (the newest) serves instead",
+                        name, pinned, name, versions[-1])
+        return versions[-1], False
+
+    def pin(self, name: str, version: str | None) -> None:
+        """Pin "name" to `version`, or with None remove the pin. The file is replaced
+        atomically: a reader on another machine sees the old pin or the new one, never half."""
+        parse_model_ref(f"{name}:{version}" if version else name)
+        path = self.root / name / DEFAULT_VERSION
+        if version is None:
+            path.unlink(missing_ok=True)
+            return
+        fd, staging = tempfile.mkstemp(prefix=f".{DEFAULT_VERSION}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(version + "\n")
+            os.chmod(staging, 0o644)  # mkstemp makes it 0600; workers may run as another user
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
 
     def resolve(self, ref: str) -> Manifest:
-        """Manifest of "name" (latest version) or "name:version"; NOT_FOUND when absent."""
+        """Manifest of "name" (its default version) or "name:version"; NOT_FOUND when absent."""
         name, version = parse_model_ref(ref)
         versions = self.versions(name)
         if not versions:
             known = ", ".join(self.names()) or "none"
             raise ModelNotFoundError(f"model {name!r} not found; available models: {known}")
         if version is None:
-            version = versions[-1]
+            version = self.default_version(name, versions)[0]
         elif version not in versions:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version}; versions: {', '.join(versions)}"

@@ -4,8 +4,10 @@ A caller sends `authorization: Bearer <key>` metadata. Without a valid key the c
 UNAUTHENTICATED; with a key that lacks the RPC's permission, PERMISSION_DENIED. Permissions:
 
     inference   InferenceService, the KServe v2 GRPCInferenceService, ModelService's reads
+                (ListModels, GetModel)
     jobs        JobService
-    admin       model administration (ModelService RPCs listed in ADMIN_METHODS) and everything else
+    admin       model administration (ADMIN_METHODS: ModelService's SetDefaultVersion and
+                RescanRepository) and everything else; an admin key may call every RPC
 
 Health and reflection are open unless configured otherwise (load balancers and grpcurl probe
 them without keys). Keys come from a file (`<key> <perm>,<perm>` per line, `#` comments) or
@@ -35,7 +37,11 @@ SERVICE_PERMISSIONS = {
     "genserve.v1.ModelService": "inference",
     "genserve.v1.JobService": "jobs",
 }
-ADMIN_METHODS: frozenset[str] = frozenset()  # e.g. "/genserve.v1.ModelService/PublishModel" when it lands
+# Model administration: the ModelService RPCs that need `admin` (its reads need `inference`).
+ADMIN_METHODS: frozenset[str] = frozenset({
+    "/genserve.v1.ModelService/SetDefaultVersion",
+    "/genserve.v1.ModelService/RescanRepository",
+})
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 

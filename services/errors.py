@@ -25,6 +25,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.BrokerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotImplementedYetError: grpc.StatusCode.UNIMPLEMENTED,
     errors.InternalError: grpc.StatusCode.INTERNAL,  # a worker-side failure, already reduced to a short message
 }

@@ -108,6 +108,9 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
         ("grpc.so_reuseport", 0),
     ])
     catalog = ModelCatalog(ModelRepository(settings.model_repository), settings.gateway.manifest_ttl_s)
+    # The first scan verifies each name's newest version (sha256, ONNX parse) to pick its default:
+    # done here, off the event loop, not in the first request.
+    await asyncio.to_thread(catalog.rescan)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(settings, catalog, dispatcher), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(catalog, dispatcher), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(settings, catalog, dispatcher), server)

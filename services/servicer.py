@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, AsyncIterator
 
@@ -13,7 +14,6 @@ from genserve.repository import Manifest
 from genserve.services import validation
 from genserve.services.errors import streaming, unary
 from genserve.services.catalog import ModelCatalog
-from genserve.services.readiness import ReadinessChecker
 from genserve.services.dispatch import Dispatcher
 from genserve.services.text_generation import TextGenerationService
 from genserve.settings import Settings
@@ -97,7 +97,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
-        self.readiness = ReadinessChecker(catalog.repository)
+        self.readiness = catalog.readiness
 
     @unary
     async def ListModels(self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> models_pb2.ListModelsResponse:
@@ -106,6 +106,20 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     @unary
     async def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> models_pb2.ModelInfo:
         return self._info(self.catalog.resolve(request.model))
+
+    @unary
+    async def SetDefaultVersion(self, request: models_pb2.SetDefaultVersionRequest, context: grpc.aio.ServicerContext) -> models_pb2.ModelInfo:
+        name, version = validation.default_version(request)
+        manifest = await asyncio.to_thread(self.catalog.pin, name, version)  # disk writes, sha256 of the version
+        return self._info(manifest)  # the catalog logs the change
+
+    @unary
+    async def RescanRepository(self, request: models_pb2.RescanRepositoryRequest, context: grpc.aio.ServicerContext) -> models_pb2.RescanRepositoryResponse:
+        found = await asyncio.to_thread(self.catalog.rescan)  # reads every manifest
+        return models_pb2.RescanRepositoryResponse(
+            added=found.added, removed=found.removed,
+            unreadable=[f"{ref}: {reason}" for ref, reason in found.unreadable.items()],
+            models=[self._info(m) for m in self.catalog.all()])
 
     def _info(self, manifest: Manifest) -> models_pb2.ModelInfo:
         serving = manifest.files["model"]
@@ -135,7 +149,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def _readiness(self, manifest: Manifest) -> dict[str, object]:
         reason = self.readiness.check(manifest)
         latest = self.catalog.resolve(manifest.name).version == manifest.version
-        return {"ready": not reason, "not_ready_reason": reason, "latest": latest}
+        return {"ready": not reason, "not_ready_reason": reason, "latest": latest,
+                "pinned": latest and self.catalog.pinned(manifest.name)}
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18genserve/v1/models.proto\x12\x0bgenserve.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa1\x02\n\nBatchStats\x12M\n\x14requests_per_message\x18\x01 \x03(\x0b\x32/.genserve.v1.BatchStats.RequestsPerMessageEntry\x12N\n\x15samples_per_onnx_call\x18\x02 \x03(\x0b\x32/.genserve.v1.BatchStats.SamplesPerOnnxCallEntry\x1a\x39\n\x17RequestsPerMessageEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17SamplesPerOnnxCallEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x88\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04loop\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0c\n\x04rpcs\x18\x06 \x03(\t\x12\'\n\x06inputs\x18\x07 \x03(\x0b\x32\x17.genserve.v1.TensorSpec\x12(\n\x07outputs\x18\x08 \x03(\x0b\x32\x17.genserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x34\n\x07metrics\x18\n \x03(\x0b\x32#.genserve.v1.ModelInfo.MetricsEntry\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x12\n\nlatent_dim\x18\x0c \x01(\x05\x12\x16\n\x0emax_batch_size\x18\r \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t\x12\x15\n\rmanifest_json\x18\x0f \x01(\t\x12,\n\x0b\x62\x61tch_stats\x18\x10 \x01(\x0b\x32\x17.genserve.v1.BatchStats\x12\r\n\x05ready\x18\x11 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x12 \x01(\t\x12\x0e\n\x06latest\x18\x13 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.genserve.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t2\x9f\x01\n\x0cModelService\x12M\n\nListModels\x12\x1e.genserve.v1.ListModelsRequest\x1a\x1f.genserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.genserve.v1.GetModelRequest\x1a\x16.genserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18genserve/v1/models.proto\x12\x0bgenserve.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa1\x02\n\nBatchStats\x12M\n\x14requests_per_message\x18\x01 \x03(\x0b\x32/.genserve.v1.BatchStats.RequestsPerMessageEntry\x12N\n\x15samples_per_onnx_call\x18\x02 \x03(\x0b\x32/.genserve.v1.BatchStats.SamplesPerOnnxCallEntry\x1a\x39\n\x17RequestsPerMessageEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x39\n\x17SamplesPerOnnxCallEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x98\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04loop\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0c\n\x04rpcs\x18\x06 \x03(\t\x12\'\n\x06inputs\x18\x07 \x03(\x0b\x32\x17.genserve.v1.TensorSpec\x12(\n\x07outputs\x18\x08 \x03(\x0b\x32\x17.genserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x34\n\x07metrics\x18\n \x03(\x0b\x32#.genserve.v1.ModelInfo.MetricsEntry\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x12\n\nlatent_dim\x18\x0c \x01(\x05\x12\x16\n\x0emax_batch_size\x18\r \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0e \x01(\t\x12\x15\n\rmanifest_json\x18\x0f \x01(\t\x12,\n\x0b\x62\x61tch_stats\x18\x10 \x01(\x0b\x32\x17.genserve.v1.BatchStats\x12\r\n\x05ready\x18\x11 \x01(\x08\x12\x18\n\x10not_ready_reason\x18\x12 \x01(\t\x12\x0e\n\x06latest\x18\x13 \x01(\x08\x12\x0e\n\x06pinned\x18\x14 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.genserve.v1.ModelInfo\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\":\n\x18SetDefaultVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x19\n\x17RescanRepositoryRequest\"v\n\x18RescanRepositoryResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\x12\x12\n\nunreadable\x18\x03 \x03(\t\x12&\n\x06models\x18\x04 \x03(\x0b\x32\x16.genserve.v1.ModelInfo2\xd4\x02\n\x0cModelService\x12M\n\nListModels\x12\x1e.genserve.v1.ListModelsRequest\x1a\x1f.genserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.genserve.v1.GetModelRequest\x1a\x16.genserve.v1.ModelInfo\x12R\n\x11SetDefaultVersion\x12%.genserve.v1.SetDefaultVersionRequest\x1a\x16.genserve.v1.ModelInfo\x12_\n\x10RescanRepository\x12$.genserve.v1.RescanRepositoryRequest\x1a%.genserve.v1.RescanRepositoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,15 +46,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHSTATS_SAMPLESPERONNXCALLENTRY']._serialized_start=332
   _globals['_BATCHSTATS_SAMPLESPERONNXCALLENTRY']._serialized_end=389
   _globals['_MODELINFO']._serialized_start=392
-  _globals['_MODELINFO']._serialized_end=912
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=866
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=912
-  _globals['_LISTMODELSREQUEST']._serialized_start=914
-  _globals['_LISTMODELSREQUEST']._serialized_end=933
-  _globals['_LISTMODELSRESPONSE']._serialized_start=935
-  _globals['_LISTMODELSRESPONSE']._serialized_end=995
-  _globals['_GETMODELREQUEST']._serialized_start=997
-  _globals['_GETMODELREQUEST']._serialized_end=1029
-  _globals['_MODELSERVICE']._serialized_start=1032
-  _globals['_MODELSERVICE']._serialized_end=1191
+  _globals['_MODELINFO']._serialized_end=928
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=882
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=928
+  _globals['_LISTMODELSREQUEST']._serialized_start=930
+  _globals['_LISTMODELSREQUEST']._serialized_end=949
+  _globals['_LISTMODELSRESPONSE']._serialized_start=951
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1011
+  _globals['_GETMODELREQUEST']._serialized_start=1013
+  _globals['_GETMODELREQUEST']._serialized_end=1045
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_start=1047
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_end=1105
+  _globals['_RESCANREPOSITORYREQUEST']._serialized_start=1107
+  _globals['_RESCANREPOSITORYREQUEST']._serialized_end=1132
+  _globals['_RESCANREPOSITORYRESPONSE']._serialized_start=1134
+  _globals['_RESCANREPOSITORYRESPONSE']._serialized_end=1252
+  _globals['_MODELSERVICE']._serialized_start=1255
+  _globals['_MODELSERVICE']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)

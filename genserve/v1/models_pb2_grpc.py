@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """Lists and describes models.
+    """Lists and describes models; pins default versions and rescans the repository (the last two
+    need an API key with the `admin` permission when keys are configured).
     """
 
     def __init__(self, channel):
@@ -45,10 +46,21 @@ class ModelServiceStub:
                 request_serializer=genserve_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.SetDefaultVersion = channel.unary_unary(
+                '/genserve.v1.ModelService/SetDefaultVersion',
+                request_serializer=genserve_dot_v1_dot_models__pb2.SetDefaultVersionRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.RescanRepository = channel.unary_unary(
+                '/genserve.v1.ModelService/RescanRepository',
+                request_serializer=genserve_dot_v1_dot_models__pb2.RescanRepositoryRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_models__pb2.RescanRepositoryResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
-    """Lists and describes models.
+    """Lists and describes models; pins default versions and rescans the repository (the last two
+    need an API key with the `admin` permission when keys are configured).
     """
 
     def ListModels(self, request, context):
@@ -60,6 +72,28 @@ class ModelServiceServicer:
 
     def GetModel(self, request, context):
         """One model, with the execution provider a worker reported for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultVersion(self, request, context):
+        """Pin the version that requests naming a model without a version go to (a rollback, a
+        canary's promotion), or remove the pin. The pin is a file in the repository
+        (<root>/<name>/default_version), so every gateway sharing the repository follows it within
+        its manifest cache's lifetime (GENSERVE_GATEWAY__MANIFEST_TTL_S), this one at once; workers
+        need nothing, since the gateway sends them "name:version". Returns the version now the
+        default. INVALID_ARGUMENT for a malformed name or version, NOT_FOUND for an unknown model or
+        version, FAILED_PRECONDITION for a version that is not ready or a repository the gateway
+        cannot write to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RescanRepository(self, request, context):
+        """Re-read the repository now instead of at the manifest cache's next expiry, and say what
+        changed since this gateway's previous scan.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +112,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=genserve_dot_v1_dot_models__pb2.GetModelRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
             ),
+            'SetDefaultVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultVersion,
+                    request_deserializer=genserve_dot_v1_dot_models__pb2.SetDefaultVersionRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
+            ),
+            'RescanRepository': grpc.unary_unary_rpc_method_handler(
+                    servicer.RescanRepository,
+                    request_deserializer=genserve_dot_v1_dot_models__pb2.RescanRepositoryRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_models__pb2.RescanRepositoryResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'genserve.v1.ModelService', rpc_method_handlers)
@@ -87,7 +131,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Lists and describes models.
+    """Lists and describes models; pins default versions and rescans the repository (the last two
+    need an API key with the `admin` permission when keys are configured).
     """
 
     @staticmethod
@@ -134,6 +179,60 @@ class ModelService:
             '/genserve.v1.ModelService/GetModel',
             genserve_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
             genserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.ModelService/SetDefaultVersion',
+            genserve_dot_v1_dot_models__pb2.SetDefaultVersionRequest.SerializeToString,
+            genserve_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RescanRepository(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.ModelService/RescanRepository',
+            genserve_dot_v1_dot_models__pb2.RescanRepositoryRequest.SerializeToString,
+            genserve_dot_v1_dot_models__pb2.RescanRepositoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ the worker trusts. One module per family of RPC:
 - `text_classification`: Classify of text classifiers
 - `text_generation`: GenerateText, CompleteText, ScoreText
 - `open_inference`: ModelInfer of the Open Inference Protocol (KServe v2)
+- `models`: ModelService's SetDefaultVersion
 - `common`: the RPC check, finite tensors, error messages, deadlines
 """
 
@@ -17,11 +18,12 @@ from __future__ import annotations
 from genserve.services.validation.common import require_rpc, timeout_from
 from genserve.services.validation.images import (GenerateImagesInput, ImagesInput, classify_images, denoise,
                                                  generate_images)
+from genserve.services.validation.models import default_version
 from genserve.services.validation.text_classification import TextsInput, classify_texts
 from genserve.services.validation.text_generation import (GenerateTextInput, ScoreTextInput, generate_text,
                                                           score_text)
 
 __all__ = [
     "GenerateImagesInput", "GenerateTextInput", "ImagesInput", "ScoreTextInput", "TextsInput", "classify_images",
-    "classify_texts", "denoise", "generate_images", "generate_text", "require_rpc", "score_text", "timeout_from",
+    "classify_texts", "default_version", "denoise", "generate_images", "generate_text", "require_rpc", "score_text", "timeout_from",
 ]

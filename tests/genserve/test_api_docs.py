@@ -19,7 +19,8 @@ def test_api_reference_is_regenerated_from_the_protos():
 def test_api_reference_carries_every_rpc_and_the_field_comments():
     """Every service method of the protos appears, with its comment; so do field comments."""
     text = (ROOT / "docs" / "api.md").read_text()
-    for rpc in ("GenerateImages", "GenerateText", "ListModels", "GetModel", "SubmitJob", "WatchJob"):
+    for rpc in ("GenerateImages", "GenerateText", "ListModels", "GetModel", "SetDefaultVersion", "RescanRepository",
+                "SubmitJob", "WatchJob"):
         assert f"| `{rpc}` |" in text
     assert "| `GenerateText` | [GenerateTextRequest](#generatetextrequest) | stream [GenerateTextChunk]" in text
     assert "| `ready` | `bool` | 17 | Whether this version can be served" in text

@@ -265,3 +265,27 @@ def test_empty_version_after_colon_is_rejected() -> None:
     """"vae:" is a typo, not a request for the latest version."""
     with pytest.raises(InvalidArgumentError, match="positive integer"):
         parse_model_ref("vae:")
+
+
+def test_a_pin_decides_what_the_bare_name_resolves_to(tmp_path: Path) -> None:
+    """'vae' goes to the pinned version while it exists; unpinned, a pin to a deleted version
+    or a garbled pin file: the newest. The pin file is written atomically and readable by all."""
+    root = tmp_path / "repo"
+    for version in ("1", "2"):
+        publish_version(root, tmp_path, "vae", version)
+    repo = ModelRepository(root)
+    repo.pin("vae", "1")
+    assert (root / "vae" / "default_version").read_text() == "1\n"
+    assert (root / "vae" / "default_version").stat().st_mode & 0o777 == 0o644
+    assert repo.resolve("vae").ref == "vae:1" and repo.default_version("vae", ["1", "2"]) == ("1", True)
+    assert repo.resolve("vae:2").ref == "vae:2", "an explicit version ignores the pin"
+    assert [p.name for p in (root / "vae").iterdir() if p.name.startswith(".")] == [], "no staging file left"
+    assert repo.default_version("vae", ["2"]) == ("2", False), "a pin to a version that is gone is ignored"
+    (root / "vae" / "default_version").write_text("../../etc\n")
+    assert repo.pinned_version("vae") is None and repo.resolve("vae").ref == "vae:2"
+    repo.pin("vae", None)
+    repo.pin("vae", None)  # removing an absent pin is fine
+    assert not (root / "vae" / "default_version").exists() and repo.resolve("vae").ref == "vae:2"
+    with pytest.raises(InvalidArgumentError):
+        repo.pin("../vae", "1")
+    assert repo.names() == ["vae"] and repo.versions("vae") == ["1", "2"], "the pin file is no model or version"

@@ -179,3 +179,16 @@ def test_unknown_task_name_pushed_into_the_broker_is_refused(gateway, worker, re
     assert stored is None or (b"FAILURE" in stored and b"NotRegistered" in stored)
     assert not Path("/tmp/genserve-pwned").exists()
     assert gateway.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=30)
+
+
+def test_model_administration_needs_admin_and_reads_need_inference():
+    """Each ADMIN_METHODS entry is a real ModelService method (a renamed RPC must not slip out
+    of `admin`); ListModels/GetModel need `inference`, SetDefaultVersion/RescanRepository `admin`."""
+    from genserve.services.auth import ADMIN_METHODS, required_permission
+
+    service = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
+    methods = {f"/{service.full_name}/{m.name}" for m in service.methods}
+    assert ADMIN_METHODS and ADMIN_METHODS <= methods
+    needed = {path.rsplit("/", 1)[1]: required_permission(path, AuthSettings(api_keys=KEYS)) for path in methods}
+    assert needed == {"ListModels": "inference", "GetModel": "inference",
+                      "SetDefaultVersion": "admin", "RescanRepository": "admin"}

@@ -2,6 +2,8 @@
 call ends OK or with a client-error status, never INTERNAL or UNKNOWN, and the gateway keeps
 serving. Example counts are bounded (seconds per RPC).
 
+ModelService's administrative RPCs (SetDefaultVersion, RescanRepository) run against an
+embedded gateway on a copy of the repository, so the pins they write reach no other test.
 JobService's RPCs run against an embedded gateway of their own, whose jobs volume holds an
 input file and symbolic links leading out of it (a file and a folder): every path that leaves
 the volume must be refused with INVALID_ARGUMENT, never read.
@@ -110,6 +112,14 @@ JOB_RPCS = [
 ]
 
 
+versions = st.sampled_from(["", "1", "2", "0", "01", "-1", "x", "1:2", "999999999", "9999999999", " 1"]) | st.text(max_size=12)
+ADMIN_RPCS = [
+    ("/genserve.v1.ModelService/SetDefaultVersion",
+     st.builds(lambda n, v: models_pb2.SetDefaultVersionRequest(model=n, version=v), names, versions), False),
+    ("/genserve.v1.ModelService/RescanRepository", st.just(models_pb2.RescanRepositoryRequest()), False),
+]
+
+
 def _call(embedded, path: str, payload: bytes, streaming: bool) -> grpc.StatusCode:
     method = (embedded.channel.unary_stream if streaming else embedded.channel.unary_unary)(path)
     try:
@@ -134,6 +144,46 @@ def test_fuzzed_requests_get_client_errors_never_internal(embedded, path, strate
 
     check()
     assert embedded.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=20)
+
+
+@pytest.fixture(scope="module")
+def admin_embedded(repo, tmp_path_factory):
+    """An embedded gateway on a copy of the repository: pins written by the fuzzing stay there."""
+    import shutil
+
+    from genserve.settings import GatewaySettings, Settings
+    from tests.support import GatewayThread
+
+    root = tmp_path_factory.mktemp("fuzz-admin-repository")
+    for name in ("vae", "cvae"):
+        shutil.copytree(repo / name, root / name)
+    with GatewayThread(Settings(model_repository=root, gateway=GatewaySettings(port=0))) as running:
+        yield running
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path,strategy,streaming", ADMIN_RPCS, ids=[p.rsplit("/", 1)[1] for p, _, _ in ADMIN_RPCS])
+def test_fuzzed_admin_requests_get_client_errors_never_internal(admin_embedded, path, strategy, streaming):
+    """Odd names and versions for SetDefaultVersion, repeated rescans: a client error or OK; the
+    repository ends with nothing but its versions and a well-formed pin, and still serves."""
+
+    @FUZZ
+    @given(strategy)
+    def check(request):
+        code = _call(admin_embedded, path, request.SerializeToString(), streaming)
+        assert code in CLIENT_ERRORS | {grpc.StatusCode.FAILED_PRECONDITION}, f"{path} answered {code.name} to {request!r:.300}"
+
+    check()
+    root = admin_embedded.settings.model_repository
+    assert sorted(p.name for p in root.iterdir()) == ["cvae", "vae"]
+    for name in ("vae", "cvae"):
+        assert sorted(p.name for p in (root / name).iterdir()) in (["1"], ["1", "default_version"])
+        pin = root / name / "default_version"
+        assert not pin.exists() or pin.read_text() == "1\n"
+    invalid_utf8 = b"\x0a\x02\xff\xfe\x12\x011"  # model: the bytes ff fe, version "1"
+    assert _call(admin_embedded, ADMIN_RPCS[0][0], invalid_utf8, False) == grpc.StatusCode.INVALID_ARGUMENT
+    reply = admin_embedded.inference.GenerateImages(inference_pb2.GenerateImagesRequest(model="vae", count=1), timeout=20)
+    assert reply.model == "vae:1"
 
 
 @pytest.fixture(scope="module")
