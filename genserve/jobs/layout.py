@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ def write_npy(folder: Path, relative: str, array: np.ndarray, start: int, count:
     return {"path": relative, "start": start, "count": count, "bytes": size, "sha256": digest.hexdigest()}
 
 
+_POOL: list[Any] = []  # the process's one shard-writer thread, started on first use
+_POOL_LOCK = threading.Lock()
+
+
+def _writer_pool() -> Any:
+    """One writer thread for every shard of the process (a thread per shard cost its start
+    on every chunk); parts of one shard are written in the order they were appended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(1, thread_name_prefix="genserve-shard"))
+        return _POOL[0]
+
+
 class NpyShardWriter:
     """One .npy shard written while its rows are still being computed: the header first (the
     shape is known), then each part of rows on a writer thread that also hashes it (file
@@ -97,8 +113,6 @@ class NpyShardWriter:
     the rename. The bytes are np.save's."""
 
     def __init__(self, folder: Path, relative: str, shape: tuple[int, ...], dtype: np.dtype, start: int, fsync: bool = False) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.path = folder / relative
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -111,7 +125,7 @@ class NpyShardWriter:
         self._file.write(header.getvalue())
         self._digest = hashlib.sha256(header.getvalue())
         self._size = len(header.getvalue())
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="genserve-shard")
+        self._pool = _writer_pool()
         self._pending: list[Any] = []
 
     def append(self, rows: np.ndarray) -> None:
@@ -138,7 +152,8 @@ class NpyShardWriter:
         return {**self._entry, "bytes": self._size, "sha256": self._digest.hexdigest()}
 
     def abort(self) -> None:
-        self._pool.shutdown(wait=True)
+        for pending in self._pending:  # nothing of ours may still be writing to the file
+            pending.exception()
         if not self._file.closed:
             self._file.close()
         self._tmp.unlink(missing_ok=True)

@@ -133,12 +133,13 @@ class ChunkRunner:
                     self._check_active(record["id"])
                     looked = time.monotonic()
                 n = min(step, start + count - first)
+                # "array": the loop hands back its output array in this process (no bytes copy)
                 request = {"count": n, "seed": spec["seed"], "first_index": first, "label": spec.get("label"),
-                           "latents": None, "tensor": True, "png": False, "return_latents": False}
+                           "latents": None, "tensor": True, "array": True, "png": False, "return_latents": False}
                 outcomes, provider = self._call(record, "generate_images", [request])
                 if not outcomes[0]["ok"]:
                     raise ChunkError(outcomes[0]["message"])
-                images = from_wire(outcomes[0]["images"])
+                images = outcomes[0]["array"] if "array" in outcomes[0] else from_wire(outcomes[0]["images"])
                 if first == start and spec.get("preview") and chunk == 0:
                     sheet = png_encode(grid(images[:PREVIEW_IMAGES]))
                     files.append(layout.write_file(folder, layout.PREVIEW, sheet, 0, min(n, PREVIEW_IMAGES)))
