@@ -28,8 +28,8 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 1e-3
 # The zoo's VAEs (the alternatives measured are in the README): MLP_VAE is the previous default.
 MLP_VAE = VAEConfig()
-DIGIT_VAE = VAEConfig(prior_components=10)
-CONDITIONAL_DIGIT_VAE = replace(DIGIT_VAE, num_classes=10)
+DIGIT_VAE = VAEConfig(latent_dim=32, prior_components=100, kl_warmup_epochs=10)
+CONDITIONAL_DIGIT_VAE = replace(DIGIT_VAE, prior_components=5, num_classes=10)  # 5 per class
 GRID_SAMPLES = 64  # prior samples in samples.png, 8 per row
 JUDGED_SAMPLES = 2000  # prior samples the repository's digit classifier judges, when it has one
 
