@@ -49,7 +49,7 @@ RECALIBRATE_BATCHES = 40  # batches of 250 z's to re-estimate batch-norm statist
 # The default digit GAN never sees a label: it is self-conditioned (Liu et al. 2020) on
 # DIGIT_CLUSTERS k-means clusters of the training digits' pixels, which it reads from z[:, 0]
 # like a class mixture (each cluster 1/K); the alternatives measured are in the README.
-DIGIT_CLUSTERS = 20
+DIGIT_CLUSTERS = 50  # measured: 20 clusters IS 7.94, FD 57.4; 50: IS 8.33, FD 49.0
 DIGIT_GAN = GANConfig(num_classes=DIGIT_CLUSTERS, aux_classes=DIGIT_CLUSTERS, label_from_latent=True,
                       clusters=True)
 # `gan-mixture`, the previous default: trained with the digits' labels, G reads the class from
