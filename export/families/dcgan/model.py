@@ -38,6 +38,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from genserve.export.core.layers import example_label, with_label
 from genserve.export.core.spec import GraphSpec, ModelSpec
+from genserve.export.families.dcgan.augment import augment
 from genserve.protocol import Loop
 
 
@@ -54,6 +55,10 @@ class GANConfig:
     aux_weight: float = 1.0  # weight of the auxiliary classification losses
     real_label: float = 0.9  # one-sided label smoothing: D's target for real images
     average_decay: float = 0.995  # EMA of G's weights per step: ~200 steps of memory
+    loss: str = "bce"  # "bce": non-saturating BCE; "hinge": hinge loss (Lim & Ye 2017; real_label unused)
+    minibatch_std: bool = False  # D sees its features' std over the batch (Karras et al. 2018)
+    augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (augment.py)
+    clusters: bool = False  # label-free: the classes are k-means clusters of the training images
 
     @property
     def base(self) -> tuple[int, int]:
@@ -113,20 +118,25 @@ class Discriminator(nn.Module):
         super().__init__()
         c = config
         self.config = config
-        flat = 2 * c.features * down_size(c.height) * down_size(c.width)
+        side = down_size(c.height) * down_size(c.width)
+        flat = (2 * c.features + int(c.minibatch_std)) * side
         self.body = nn.Sequential(
             spectral_norm(nn.Conv2d(c.channels, c.features, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2),
             spectral_norm(nn.Conv2d(c.features, 2 * c.features, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2),
-            nn.Flatten(),
         )
         self.head = spectral_norm(nn.Linear(flat, 1))
         self.embed = spectral_norm(nn.Embedding(c.num_classes, flat)) if c.num_classes else None
         self.classifier = spectral_norm(nn.Linear(flat, c.aux_classes)) if c.aux_classes else None
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        return self.body(image * 2.0 - 1.0)  # (B, flat); inputs centred on 0
+        h = self.body(image * 2.0 - 1.0)  # (B, 2F, h, w); inputs centred on 0
+        if self.config.minibatch_std:
+            # one more feature map: how much the batch varies, so D can see a collapsed G
+            spread = h.std(dim=0).mean().expand(h.shape[0], 1, *h.shape[2:])  # (B, 1, h, w)
+            h = torch.cat([h, spread], dim=1)
+        return h.flatten(1)  # (B, flat)
 
     def realness(self, h: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         out = self.head(h).squeeze(1)  # (B,)
@@ -154,27 +164,45 @@ class GAN(nn.Module):
         fake: torch.Tensor,
         real_class: torch.Tensor | None = None,
         fake_class: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """BCE with real -> real_label (smoothed), fake -> 0, each projected on its class when
-        D is conditional; plus D's classification of the real images when it has that head."""
+        """BCE with real -> real_label (smoothed), fake -> 0 (or the hinge loss), each projected
+        on its class when D is conditional; plus D's classification of the real images when it
+        has that head. With `augment`, D sees both through the same random augmentations."""
         d, c = self.discriminator, self.config
+        if c.augment:
+            real, fake = augment(real, c.augment, generator), augment(fake, c.augment, generator)
         h_real = d.features(real)  # (B, flat)
         conditional = c.num_classes > 0
         on_real = d.realness(h_real, real_class if conditional else None)  # (B,)
         on_fake = d(fake, fake_class if conditional else None)  # (B,)
-        loss = F.binary_cross_entropy_with_logits(on_real, torch.full_like(on_real, c.real_label))
-        loss = loss + F.binary_cross_entropy_with_logits(on_fake, torch.zeros_like(on_fake))
+        if c.loss == "hinge":
+            loss = F.relu(1.0 - on_real).mean() + F.relu(1.0 + on_fake).mean()
+        else:
+            loss = F.binary_cross_entropy_with_logits(on_real, torch.full_like(on_real, c.real_label))
+            loss = loss + F.binary_cross_entropy_with_logits(on_fake, torch.zeros_like(on_fake))
         if d.classifier is not None and real_class is not None:
             loss = loss + c.aux_weight * F.cross_entropy(d.classifier(h_real), real_class)
         return loss
 
-    def g_loss(self, fake: torch.Tensor, fake_class: torch.Tensor | None = None) -> torch.Tensor:
-        """Non-saturating: G maximises log D(G(z)) rather than minimising log(1 - D(G(z)));
-        a conditional G must also be classified by D's head as the class it was asked for."""
+    def g_loss(
+        self,
+        fake: torch.Tensor,
+        fake_class: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Non-saturating: G maximises log D(G(z)) rather than minimising log(1 - D(G(z)))
+        (hinge: G maximises D(G(z))); a conditional G must also be classified by D's head as
+        the class it was asked for."""
         d, c = self.discriminator, self.config
+        if c.augment:
+            fake = augment(fake, c.augment, generator)
         h = d.features(fake)
         on_fake = d.realness(h, fake_class if c.num_classes else None)
-        loss = F.binary_cross_entropy_with_logits(on_fake, torch.ones_like(on_fake))
+        if c.loss == "hinge":
+            loss = -on_fake.mean()
+        else:
+            loss = F.binary_cross_entropy_with_logits(on_fake, torch.ones_like(on_fake))
         if d.classifier is not None and c.num_classes:
             loss = loss + c.aux_weight * F.cross_entropy(d.classifier(h), fake_class)
         return loss

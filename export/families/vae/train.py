@@ -3,7 +3,10 @@
 Every source of randomness is derived from (seed, epoch): initial weights, the batch order and
 the reparameterisation noise. A run stopped after epoch k and resumed from its checkpoint
 therefore ends with the same weights as a run that was never interrupted. Every digit is seen
-each epoch (the last batch may be short: the VAE has no batch norm).
+each epoch (the last batch may be short: the VAE has no batch norm). With kl_warmup_epochs
+the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016), counted in optimizer
+steps, which the checkpoint restores, so a resumed run warms up alike. A model with a mixture
+prior has it fitted to the training digits' posterior means once training is done.
 """
 
 from __future__ import annotations
@@ -40,14 +43,37 @@ def train_vae(
     images = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     labels = torch.from_numpy(train_labels.astype(np.int64)) if config.num_classes else None
 
+    steps_per_epoch = -(-len(images) // min(batch_size, len(images)))
+    warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
-        loss = model.loss(images[idx], None if labels is None else labels[idx], g)
+        kl_weight = min(1.0, (steps_done(optimizer) + 1) / warmup_steps) if warmup_steps else 1.0
+        loss = model.loss(images[idx], None if labels is None else labels[idx], g, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return {"loss": loss.item()}
 
     settings = run_settings(config, [images.numpy()], batch_size=batch_size, lr=lr, seed=seed)
-    return fit(model, {"adam": optimizer}, step, len(images), epochs=epochs, batch_size=batch_size,
-               seed=seed, settings=settings, checkpoint_dir=checkpoint_dir, desc="train vae",
-               progress=progress, drop_last=False)
+    result = fit(model, {"adam": optimizer}, step, len(images), epochs=epochs, batch_size=batch_size,
+                 seed=seed, settings=settings, checkpoint_dir=checkpoint_dir, desc="train vae",
+                 progress=progress, drop_last=False)
+    if model.prior is not None:
+        model.prior.fit(posterior_means(model, images, labels), labels, seed)
+    return result
+
+
+def steps_done(optimizer: torch.optim.Optimizer) -> int:
+    """Optimizer steps taken so far (Adam counts them per parameter; a checkpoint restores them)."""
+    state = optimizer.state.get(optimizer.param_groups[0]["params"][0], {})
+    return int(state.get("step", 0))
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, images: torch.Tensor, labels: torch.Tensor | None,
+                    batch: int = 500) -> torch.Tensor:
+    """The means of q(z | x) of the training digits, (N, D)."""
+    model.eval()
+    means = [model.encoder(images[i : i + batch], None if labels is None else labels[i : i + batch])[0]
+             for i in range(0, len(images), batch)]
+    return torch.cat(means)

@@ -141,3 +141,27 @@ def test_vae_is_judged_like_the_gans_when_a_classifier_is_published(judged: Path
     manifest = ModelRepository(judged).resolve("cvae")
     assert {"heldout_neg_elbo_nats", "fd_digits", "inception_score", "conditional_accuracy"} <= set(manifest.metrics)
     assert manifest.training["metrics_judge"] == "digits:1"
+
+
+def test_label_free_gan_never_reads_the_labels(judged: Path) -> None:
+    """The self-conditioned GAN trains on k-means clusters: shuffled labels change nothing,
+    it serves z alone with no labels, and the card says how it was stabilised."""
+    config = GANConfig(latent_dim=8, features=4, num_classes=3, aux_classes=3, label_from_latent=True,
+                       clusters=True, minibatch_std=True, augment="translation")
+    images = torch.rand(64, 1, 28, 28).numpy()
+    labels = np.arange(64) % 10
+    a = train_gan(config, images, labels, epochs=1, batch_size=32, seed=0, checkpoint_dir=None, progress=False)
+    b = train_gan(config, images, labels[::-1].copy(), epochs=1, batch_size=32, seed=0, checkpoint_dir=None,
+                  progress=False)
+    for x, y in zip(a.model.average.parameters(), b.model.average.parameters(), strict=True):
+        assert torch.equal(x, y)
+    build_gan(judged, name="gan", config=config, epochs=1, run=QUICK, metric_samples=200)
+    manifest = ModelRepository(judged).resolve("gan")
+    assert [t.name for t in manifest.files["model"].inputs] == ["z"] and manifest.labels == []
+    assert "k-means" in manifest.training["stabilisation"] and "without labels" in manifest.description
+
+
+def test_gan_mixture_is_registered_outside_the_zoo() -> None:
+    """The class-mixture recipe keeps its own name; the default zoo does not build it."""
+    family = FAMILIES["gan-mixture"]
+    assert not family.in_zoo and family.build_ref.endswith(":build_mixture")

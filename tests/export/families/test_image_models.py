@@ -107,3 +107,44 @@ def test_a_class_mixture_reads_every_class_equally_often_from_z() -> None:
     one[1, 0] = -one[1, 0] + 0.5  # another class, same remaining latent
     assert class_of(one, 10)[0] != class_of(one, 10)[1]
     assert not torch.equal(*mixture.average(one))
+
+
+def test_diff_augment_moves_and_cuts_but_keeps_the_gradient() -> None:
+    """Translation shifts by whole pixels within 1/8 of the side, cutout zeroes a half-side
+    square, and the generator's gradient flows through both."""
+    from genserve.export.families.dcgan.augment import augment, cutout, translate
+
+    dot = torch.zeros(16, 1, 16, 16)
+    dot[:, 0, 8, 8] = 1.0
+    moved = translate(dot, torch.Generator().manual_seed(0))
+    where = moved[:, 0].flatten(1).argmax(dim=1)
+    rows, cols = where // 16, where % 16
+    assert moved.sum().item() == 16.0 and (rows - 8).abs().max() <= 2 and (cols - 8).abs().max() <= 2
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 3
+    cut = cutout(torch.ones(4, 1, 16, 16), torch.Generator().manual_seed(0))
+    assert ((cut == 0).flatten(1).sum(dim=1) == 64).all()  # an 8 x 8 square each
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    augment(x, "translation,cutout", torch.Generator().manual_seed(1)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_minibatch_std_and_hinge_loss_train_the_discriminator() -> None:
+    """D with a minibatch-std feature scores a varied batch differently from a collapsed one;
+    the hinge losses are zero exactly when D's margins hold."""
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(latent_dim=8, features=4, minibatch_std=True, loss="hinge"))
+    d = gan.discriminator
+    varied, same = torch.rand(8, 1, 28, 28), torch.rand(1, 1, 28, 28).repeat(8, 1, 1, 1)
+    assert not torch.allclose(d(same)[:1], d(torch.cat([same[:1], varied[1:]]))[:1])
+    loss = gan.d_loss(varied, same)
+    assert loss.item() == pytest.approx(2.0, abs=0.5)  # relu(1 - ~0) + relu(1 + ~0) near init
+    assert gan.g_loss(same).item() == pytest.approx(-d(same).mean().item(), abs=1e-5)
+
+
+def test_cluster_labels_are_balanced_enough_and_reproducible() -> None:
+    """k-means on pixels gives every cluster members, the same ones for the same seed."""
+    from genserve.export.families.dcgan.build import cluster_labels
+
+    images = torch.rand(200, 1, 28, 28).numpy()
+    a, b = cluster_labels(images, 5, seed=0), cluster_labels(images, 5, seed=0)
+    assert (a == b).all() and set(a.tolist()) == set(range(5))

@@ -101,3 +101,20 @@ def test_published_weights_rebuild_the_serving_module(tmp_path):
         eager = decoder(z=torch.from_numpy(z)).numpy()
     session = ort.InferenceSession(str(repository.verified_path(manifest)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"z": z})[0], eager, atol=1e-5)
+
+
+def test_mixture_prior_model_serves_one_more_latent_entry(tmp_path: Path) -> None:
+    """A conv VAE with a fitted mixture prior publishes z of latent_dim + 1 entries (z[0]
+    picks the component), both ELBOs, and a serving graph whose images match PyTorch's."""
+    config = VAEConfig(latent_dim=4, hidden=(32,), arch="conv", features=8, prior_components=3)
+    version_dir = tiny_build(tmp_path, config)
+    manifest = ModelRepository(tmp_path).resolve("vae")
+    assert manifest.latent_dim == 5 and manifest.files["model"].inputs[0].shape == [-1, 5]
+    assert manifest.files["encoder"].outputs[0].shape == [-1, 4]
+    assert "heldout_neg_elbo_mixture_prior_nats" in manifest.metrics
+    assert "Gaussian mixture" in manifest.training["prior"]
+    assert max(manifest.parity.values()) < 1e-4
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    (image,) = session.run(["image"], {"z": z})
+    assert image.shape == (6, 1, 28, 28) and image.min() >= 0.0 and image.max() <= 1.0

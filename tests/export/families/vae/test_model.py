@@ -56,3 +56,45 @@ def test_config_survives_a_json_round_trip() -> None:
     config = VAEConfig(hidden=[32, 16], num_classes=10)
     assert config.hidden == (32, 16)
     assert VAEConfig(**{**config.__dict__, "hidden": list(config.hidden)}) == config
+
+
+def test_conv_vae_keeps_the_shapes_of_the_mlp_one() -> None:
+    """The convolutional encoder and decoder map (B, 1, 28, 28) <-> (B, D) like the MLP's."""
+    model = VAE(VAEConfig(latent_dim=6, hidden=(32,), arch="conv", features=8, num_classes=10)).eval()
+    label = torch.arange(3)
+    mu, logvar = model.encoder(torch.rand(3, 1, 28, 28), label)
+    assert mu.shape == logvar.shape == (3, 6)
+    image = model.decoder(mu, label)
+    assert image.shape == (3, 1, 28, 28) and image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_mixture_prior_draws_components_by_weight_and_fits_clusters() -> None:
+    """Fitted to two well-separated clusters (1:3), the prior finds their centres and z[:, 0]
+    picks each component about as often as its weight; log_prob is highest at a centre."""
+    from genserve.export.families.vae.model import MixturePrior
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.cat([torch.randn(250, 2, generator=g) * 0.1 + 5.0,
+                         torch.randn(750, 2, generator=g) * 0.1 - 5.0])
+    prior = MixturePrior(2, 2)
+    prior.fit(latents, None, seed=0)
+    centres = sorted(prior.means[0, :, 0].tolist())
+    assert centres == pytest.approx([-5.0, 5.0], abs=0.05)
+    drawn = prior(torch.randn(4000, 3, generator=g))  # (4000, 2)
+    assert (drawn[:, 0] > 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert drawn[drawn[:, 0] > 0].std(dim=0).mean().item() == pytest.approx(0.1, abs=0.02)
+    at = prior.log_prob(torch.tensor([[5.0, 5.0], [0.0, 0.0]]))
+    assert at[0] > at[1]
+
+
+def test_conditional_mixture_prior_fits_one_mixture_per_class() -> None:
+    """With classes, each label's latents get their own mixture, and the label picks it."""
+    from genserve.export.families.vae.model import MixturePrior
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(600) % 3
+    latents = labels[:, None].float() * 10.0 + 0.1 * torch.randn(600, 2, generator=g)
+    prior = MixturePrior(2, 2, classes=3)
+    prior.fit(latents, labels, seed=0)
+    drawn = prior(torch.randn(30, 3, generator=g), torch.full((30,), 2))
+    assert drawn.mean(dim=0).tolist() == pytest.approx([20.0, 20.0], abs=0.3)

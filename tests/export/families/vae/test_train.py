@@ -97,3 +97,16 @@ def test_checkpoint_of_other_data_is_refused(
     train(tiny_config, (images[:200], labels[:200]), epochs=1, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointMismatchError, match="data_sha256"):
         train(tiny_config, (images[100:], labels[100:]), epochs=2, checkpoint_dir=tmp_path)
+
+
+def test_kl_warm_up_trains_a_resumable_model(digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    """With KL warm-up, a run stopped after one epoch and resumed ends with the weights of
+    one that never stopped (the warm-up counts optimizer steps, which the checkpoint keeps)."""
+    images, labels = digits
+    config = VAEConfig(latent_dim=4, hidden=(32,), kl_warmup_epochs=3)
+    kw = {"batch_size": 64, "lr": 1e-3, "seed": 0, "progress": False}
+    straight = train_vae(config, images, labels, epochs=2, checkpoint_dir=None, **kw)
+    train_vae(config, images, labels, epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed = train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path, **kw)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
