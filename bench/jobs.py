@@ -154,6 +154,7 @@ def main() -> None:
                      ("gateway RSS during it (first / max / last)", f"{gw[0]:.0f} / {max(gw):.0f} / {gw[-1]:.0f} MB"),
                      ("worker RSS during it (first / max / last)", f"{wk[0]:.0f} / {max(wk):.0f} / {wk[-1]:.0f} MB")]
         else:
+            stop.set()
             jobs.CancelJob(jobs_pb2.CancelJobRequest(id=busy.id), timeout=10)
     finally:
         for process in (worker, gateway):

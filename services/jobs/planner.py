@@ -47,11 +47,12 @@ class ResourceExhaustedError(QueueFullError):
     """The job does not fit: items, active jobs or space on the jobs volume."""
 
 
-def _chunk_size(asked: int, jobs: JobSettings) -> int:
+def _chunk_size(asked: int, jobs: JobSettings, default: int | None = None) -> int:
+    default = default or jobs.chunk_size
     if asked == 0:
-        return jobs.chunk_size
+        return default
     if not 1 <= asked <= jobs.max_chunk_size:
-        raise InvalidArgumentError(f"chunk_size must be 0 (default {jobs.chunk_size}) or 1..{jobs.max_chunk_size}, got {asked}")
+        raise InvalidArgumentError(f"chunk_size must be 0 (default {default}) or 1..{jobs.max_chunk_size}, got {asked}")
     return asked
 
 
@@ -95,7 +96,7 @@ def generator(job: jobs_pb2.GenerateImagesJob, manifest: Manifest, settings: Set
     if manifest.loop != "latent_sampler":
         raise InvalidArgumentError(f"model {manifest.ref} is a {manifest.loop}; generator jobs need a latent_sampler")
     jobs = settings.jobs
-    count, chunk = _items(job.count, jobs), _chunk_size(job.chunk_size, jobs)
+    count, chunk = _items(job.count, jobs), _chunk_size(job.chunk_size, jobs, jobs.generator_chunk_size)
     label = job.label if job.HasField("label") else None
     if manifest.conditional and (label is None or not 0 <= label < len(manifest.labels)):
         raise InvalidArgumentError(f"model {manifest.ref} is class-conditional: label must be 0..{len(manifest.labels) - 1}")
