@@ -47,7 +47,10 @@ def test_jsonl_job_writes_one_line_per_input_and_the_bad_lines_to_errors(textclf
                 model=MODEL, texts=[json.loads(lines[5])["text"]], top_k=2), timeout=30)
             assert outputs[4]["id"] == "r5" and outputs[4]["top"][0]["label"] == online.predictions[0].top[0].label
             # int8 scales activations per ONNX call: a text's score moves slightly with its call-mates
-            assert abs(outputs[4]["top"][0]["score"] - online.predictions[0].top[0].score) < 1e-3
+            # int8 dynamic quantization scales activations per ONNX call, so a text's score moves
+            # with the texts sharing its call (README, text classification): 2.2e-3 seen between
+            # a job chunk and a lone online call on an AMD EPYC without VNNI; the label may not move
+            assert abs(outputs[4]["top"][0]["score"] - online.predictions[0].top[0].score) < 1e-2
 
             upload = gw.jobs.UploadInput(iter([jobs_pb2.UploadInputChunk(filename="up.jsonl"),
                                                jobs_pb2.UploadInputChunk(data="\n".join(lines[:10]).encode())]), timeout=30)
