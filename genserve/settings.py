@@ -126,7 +126,11 @@ class JobSettings(BaseModel):
     # calls, message, shard file) was about 8 ms, 20% of a 2048-sample VAE chunk
     generator_chunk_size: int = 8192
     max_chunk_size: int = 65_536  # largest chunk a job may ask for
-    max_attempts: int = 3  # runs of one chunk (crashes included) before it counts as failed
+    max_attempts: int = 3  # runs of one chunk that raised an error before it counts as failed
+    # runs of one chunk in all, those cut short by a dying worker included: a chunk that keeps
+    # killing its workers stops, but a few unlucky SIGKILLs (the soak's, one every 4 s, with
+    # chunks paused up to 5 s for online traffic) do not fail a job
+    max_runs: int = 10
     retention_hours: float = 72.0  # finished jobs and their files are deleted after this long
     max_upload_mb: int = 512  # largest input file uploaded over gRPC
     free_space_margin_mb: int = 64  # left free on the volume after a job's estimated bytes

@@ -34,7 +34,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, SUCCEEDED_WITH_ERRORS = (
 ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED, SUCCEEDED_WITH_ERRORS)
 CHUNK_OUTCOMES = ("done", "retried", "failed")  # genserve_job_chunks_total{outcome}
-INT_FIELDS = ("total", "chunks", "chunk_size", "done", "failed", "max_attempts", "enqueued")
+INT_FIELDS = ("total", "chunks", "chunk_size", "done", "failed", "max_attempts", "max_runs", "enqueued")
 FLOAT_FIELDS = ("created", "updated", "started", "finished")
 
 

@@ -81,6 +81,7 @@ def _record(kind: str, manifest: Manifest, spec: dict[str, Any], total: int, chu
         "id": job_id, "kind": kind, "state": QUEUED, "spec": json.dumps(spec), "model": manifest.ref,
         "model_sha256": manifest.files["model"].sha256, "total": total, "chunks": -(-total // chunk),
         "chunk_size": chunk, "done": 0, "failed": 0, "max_attempts": settings.jobs.max_attempts,
+        "max_runs": max(settings.jobs.max_runs, settings.jobs.max_attempts),
         "dir": str((settings.jobs.root / job_id).resolve()), "created": now, "updated": now,
         "started": 0.0, "finished": 0.0, "error": "", "token": token, "enqueued": 0,
     }

@@ -61,8 +61,11 @@ class ChunkRunner:
         if record is None or record["state"] not in ACTIVE or self.store.is_done(job_id, chunk):
             return "skipped"
         attempt = self.store.attempt(job_id, chunk)
-        if attempt > record["max_attempts"]:
-            return self._give_up(record, payload, record.get("last_error") or "the worker running it died")
+        # A run that raised gives up by itself at max_attempts (below); reaching this bound
+        # means earlier runs were cut short: their workers died.
+        max_runs = int(record.get("max_runs") or record["max_attempts"])
+        if attempt > max_runs:
+            return self._give_up(record, payload, record.get("last_error") or "the worker running it died", max_runs)
         self.store.transition(job_id, (QUEUED,), RUNNING, started=time.time())
         try:
             shard = self._run(record, payload)
@@ -76,7 +79,7 @@ class ChunkRunner:
             if attempt < record["max_attempts"]:
                 self.store.count(f"chunks|{_model(record)}|retried")
                 return "retry"
-            return self._give_up(record, payload, message)
+            return self._give_up(record, payload, message, attempt)
         self._complete(record, payload, shard)
         return "done"
 
@@ -88,9 +91,9 @@ class ChunkRunner:
         if done >= record["chunks"]:
             results.finalize(self.store, record["id"])
 
-    def _give_up(self, record: dict[str, Any], payload: dict[str, Any], message: str) -> str:
+    def _give_up(self, record: dict[str, Any], payload: dict[str, Any], message: str, runs: int) -> str:
         chunk, start, count = int(payload["chunk"]), int(payload["start"]), int(payload["count"])
-        error = f"chunk {chunk} (items {start}..{start + count - 1}) failed {record['max_attempts']} times: {message}"
+        error = f"chunk {chunk} (items {start}..{start + count - 1}) failed {runs} times: {message}"
         if record["kind"] == "generate_images":
             self.store.count(f"chunks|{_model(record)}|failed")
             results.fail(self.store, record["id"], error)
