@@ -226,14 +226,20 @@ def main() -> int:
         wrong: list[str] = []
         names = list(calls)
 
+        late: list[str] = []  # calls that waited to their deadline: what, when, the gateway's words
+
         def one(i: int) -> None:
             name = names[i % len(names)]
+            begun = time.monotonic()
             try:
                 if calls[name]() != expected[name]:
                     wrong.append(name)
                 outcomes["OK"] += 1
             except grpc.RpcError as exc:
                 outcomes[exc.code().name] += 1
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    late.append(f"{name} started at {begun - started:.1f} s, ended after {time.monotonic() - begun:.1f} s: "
+                                f"{exc.details()}")
 
         started = time.monotonic()
         chaos_thread.start()
@@ -254,6 +260,8 @@ def main() -> int:
         print(f"soak: {elapsed:.1f} s, RPCs {', '.join(names)}; faults: {dict(faults)}")
         print(f"sent {args.requests}  succeeded {outcomes['OK']}  failed {sum(failed.values())} {failed}  "
               f"lost {lost}  wrong {len(wrong)}")
+        for line in late:
+            print(f"  deadline: {line}")
         print(f"job {job_id or '-'}: {verification}")
         return 0 if lost == 0 and not wrong and not verification.startswith("FAILED") else 1
     finally:
