@@ -23,16 +23,20 @@ whatever it left is still covered by the visibility timeout.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
 UNACKED = "unacked"  # kombu's default `unacked_key`
+UNACKED_INDEX = "unacked_index"  # kombu's default `unacked_index_key`: tag -> delivery time
+ORPHAN = "orphan"  # the owner a sweeper writes while it restores an ownerless message
 
 # KEYS: owners hash; ARGV: tag, this holder's id, the alive-key prefix.
 # 1: this holder owns the tag now; 0: another holder that is alive owns it (a duplicate copy).
@@ -66,6 +70,7 @@ class Failover:
         self._client = client
         self._held = held  # tags of the messages this process holds (LeaseKeeper.held)
         self._restore = restore  # tag -> back on its queue (kombu's restore_by_tag)
+        self.prefix = prefix
         self.owners, self._alive = keys(prefix)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.ttl_s = float(ttl_s)
@@ -100,7 +105,44 @@ class Failover:
         pipe.execute()
 
     def sweep(self) -> list[str]:
-        """Restore every message whose holder is dead; returns the restored tags."""
+        """Restore every message whose holder is dead, and every orphan; returns the restored tags."""
+        return self._sweep_dead() + self.sweep_orphans()
+
+    def sweep_orphans(self, max_tags: int = 100) -> list[str]:
+        """Restore messages of this prefix's queues that sit in `unacked` with no owner for
+        longer than two TTLs: their worker died between kombu recording the message
+        (HSET unacked) and Celery announcing it (task_received, where it is owned), so no
+        holder will ever be found dead for them and they would wait for the visibility
+        timeout (seen as calls that waited to their deadline in the soak). Every worker of a
+        prefix owns what it receives, so a live one's message is never ownerless that long."""
+        cutoff = time.time() - max(2.0, 2 * self.ttl_s)
+        tags = [t.decode() for t in self._client.zrangebyscore(UNACKED_INDEX, "-inf", cutoff, start=0, num=max_tags)]
+        if not tags:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.hexists(self.owners, tag)
+        unowned = [tag for tag, owned in zip(tags, pipe.execute()) if not owned]
+        restored = []
+        for tag, raw in zip(unowned, self._client.hmget(UNACKED, unowned) if unowned else []):
+            try:
+                routing_key = str(json.loads(raw)[2]) if raw is not None else ""
+            except (ValueError, IndexError, TypeError):
+                continue
+            if not routing_key.startswith(self.prefix + "."):
+                continue  # another deployment's (or app's) message on the same Redis
+            # HSETNX: one sweeper wins; the worker that receives the restored message owns it
+            # over the tombstone (ORPHAN is never alive), and a failed restore is retried by
+            # the dead-holder pass
+            if self._client.hsetnx(self.owners, tag, ORPHAN):
+                self._restore(tag)
+                restored.append(tag)
+        if restored:
+            log.warning("restored %d ownerless message(s) (their worker died as it received them): %s",
+                        len(restored), ", ".join(restored))
+        return restored
+
+    def _sweep_dead(self) -> list[str]:
         owners = {k.decode(): v.decode() for k, v in self._client.hgetall(self.owners).items()}
         if not owners:
             return []

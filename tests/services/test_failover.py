@@ -60,6 +60,35 @@ def test_sweep_restores_only_messages_of_dead_holders(redis_url: str):
         client.delete(owners, alive + "live:2:b")
 
 
+def test_sweep_restores_ownerless_messages_of_its_prefix_once_they_are_old(redis_url: str):
+    """A message in `unacked` that nobody owns (its worker died as it received it) is restored
+    after two TTLs, once, by one sweeper; a young, an owned and another prefix's are left alone."""
+    import json
+
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-failover-{uuid.uuid4().hex[:8]}"
+    owners, alive = keys(prefix)
+    tags = {n: f"{prefix}-{n}" for n in ("orphan", "young", "owned", "foreign")}
+    now = time.time()
+    for name, tag in tags.items():
+        queue = f"other-{prefix}.vae" if name == "foreign" else f"{prefix}.vae"
+        client.hset("unacked", tag, json.dumps([{"body": ""}, "", queue]))
+        client.zadd("unacked_index", {tag: now if name == "young" else now - 100})
+    client.hset(owners, tags["owned"], "live:2:b")
+    client.set(alive + "live:2:b", 1, ex=30)
+    restored: list[str] = []
+    sweeper = Failover(client, prefix, held=lambda: [], restore=restored.append, ttl_s=2)
+    other = Failover(client, prefix, held=lambda: [], restore=restored.append, ttl_s=2)
+    try:
+        assert sweeper.sweep_orphans() == [tags["orphan"]]
+        assert other.sweep_orphans() == []  # claimed by the first (its tombstone owner)
+        assert restored == [tags["orphan"]]
+    finally:
+        client.hdel("unacked", *tags.values())
+        client.zrem("unacked_index", *tags.values())
+        client.delete(owners, alive + "live:2:b")
+
+
 def test_beat_makes_the_holder_the_owner_and_close_forgets_it(redis_url: str):
     """A beat sets the alive key (with its TTL) and owns the held tags; a clean close removes both."""
     client = redis.Redis.from_url(redis_url)
