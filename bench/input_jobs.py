@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import grpc
 
-from bench.jobs import free_port, wait_done
+from bench.jobs import job_stack, print_table, wait_done
 from genserve.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 CONCURRENCIES = (1, 8, 32, 64)
@@ -96,15 +90,8 @@ def main() -> None:
     parser.add_argument("--online", type=int, default=1000, help="items of each online round")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="genserve-bench-input-jobs-"))
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    port = free_port()
-    env = dict(os.environ, GENSERVE_QUEUE_PREFIX=prefix, GENSERVE_JOBS__ROOT=str(root), GENSERVE_LOG_LEVEL="WARNING")
-    common = ["--broker-url", args.redis, "--repository", str(args.repository)]
-    gateway = subprocess.Popen([sys.executable, "-m", "genserve", "gateway", *common, "--port", str(port)], env=env)
-    worker = subprocess.Popen([sys.executable, "-m", "genserve", "worker", *common, "--log-level", "WARNING"], env=env)
     rows: list[tuple[str, str]] = []
-    try:
+    with job_stack(args.repository, args.redis) as (root, port, _, _):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
         grpc.channel_ready_future(channel).result(timeout=60)
         stub, jobs = inference_pb2_grpc.InferenceServiceStub(channel), jobs_pb2_grpc.JobServiceStub(channel)
@@ -136,17 +123,7 @@ def main() -> None:
             rows += [(f"Classify online (1 text a call), {args.online} texts, best concurrency ({best[1]}), texts/s", f"{best[0]:,.1f}"),
                      (f"classification job, {args.texts:,} texts ({final.chunks_total} chunks, {state}), texts/s", f"{rate:,.1f}"),
                      ("classification job / online best", f"{rate / best[0]:.2f}x")]
-    finally:
-        for process in (worker, gateway):
-            process.terminate()
-            process.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
-    width = max(len(r[0]) for r in rows)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{os.cpu_count()} CPUs, load average at the end {load}")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>10}")
-
+    print_table("", rows, 10)
 
 if __name__ == "__main__":
     main()

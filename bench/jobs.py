@@ -11,6 +11,7 @@ Uses the Redis at --redis (db 13, its own queue prefix) and a temporary jobs roo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -61,6 +63,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def job_stack(repository: Path, redis_url: str, *worker_args: str) -> Iterator[tuple[Path, int, subprocess.Popen, subprocess.Popen]]:
+    """`genserve gateway` + one `genserve worker` as processes on a private queue prefix and a
+    temporary jobs root: (root, gateway port, gateway, worker); stopped and deleted after."""
+    root = Path(tempfile.mkdtemp(prefix="genserve-bench-jobs-"))
+    port = free_port()
+    env = dict(os.environ, GENSERVE_QUEUE_PREFIX=f"bench-{uuid.uuid4().hex[:6]}", GENSERVE_JOBS__ROOT=str(root),
+               GENSERVE_LOG_LEVEL="WARNING")
+    common = ["--broker-url", redis_url, "--repository", str(repository)]
+    gateway = subprocess.Popen([sys.executable, "-m", "genserve", "gateway", *common, "--port", str(port)], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "genserve", "worker", *common, *worker_args,
+                               "--log-level", "WARNING"], env=env)
+    try:
+        yield root, port, gateway, worker
+    finally:
+        for process in (worker, gateway):
+            process.terminate()
+            process.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def print_table(heading: str, rows: list[tuple[str, str]], value_width: int = 14) -> None:
+    width = max(len(r[0]) for r in rows)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{heading}{os.cpu_count()} CPUs, load average at the end {load}")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>{value_width}}")
+
+
 def wait_done(jobs: jobs_pb2_grpc.JobServiceStub, job_id: str) -> jobs_pb2.Job:
     last = None
     for last in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job_id)):
@@ -92,16 +123,8 @@ def main() -> None:
 
     manifest = ModelRepository(args.repository).resolve(args.model)
     batch = manifest.serving.max_batch_size
-    root = Path(tempfile.mkdtemp(prefix="genserve-bench-jobs-"))
-    prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    port = free_port()
-    env = dict(os.environ, GENSERVE_QUEUE_PREFIX=prefix, GENSERVE_JOBS__ROOT=str(root), GENSERVE_LOG_LEVEL="WARNING")
-    common = ["--broker-url", args.redis, "--repository", str(args.repository)]
-    gateway = subprocess.Popen([sys.executable, "-m", "genserve", "gateway", *common, "--port", str(port)], env=env)
-    worker = subprocess.Popen([sys.executable, "-m", "genserve", "worker", *common, "--threads", str(args.threads),
-                               "--log-level", "WARNING"], env=env)
     rows = []
-    try:
+    with job_stack(args.repository, args.redis, "--threads", str(args.threads)) as (_, port, gateway, worker):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=60)
         stub, jobs = inference_pb2_grpc.InferenceServiceStub(channel), jobs_pb2_grpc.JobServiceStub(channel)
@@ -156,17 +179,8 @@ def main() -> None:
         else:
             stop.set()
             jobs.CancelJob(jobs_pb2.CancelJobRequest(id=busy.id), timeout=10)
-    finally:
-        for process in (worker, gateway):
-            process.terminate()
-            process.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
-    width = max(len(r[0]) for r in rows)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmodel {manifest.ref}, batch {batch}, {args.threads} ORT thread(s), chunk {args.chunk_size or 'default'}, "
-          f"{os.cpu_count()} CPUs, load average at the end {load}")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>14}")
+    print_table(f"model {manifest.ref}, batch {batch}, {args.threads} ORT thread(s), chunk {args.chunk_size or 'default'}, ",
+                rows)
 
 
 if __name__ == "__main__":

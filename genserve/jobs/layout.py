@@ -15,11 +15,11 @@ bytes (shards hold nothing but the items: no timestamps).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
-import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -91,19 +91,13 @@ def write_npy(folder: Path, relative: str, array: np.ndarray, start: int, count:
     return {"path": relative, "start": start, "count": count, "bytes": size, "sha256": digest.hexdigest()}
 
 
-_POOL: list[Any] = []  # the process's one shard-writer thread, started on first use
-_POOL_LOCK = threading.Lock()
-
-
+@functools.cache
 def _writer_pool() -> Any:
     """One writer thread for every shard of the process (a thread per shard cost its start
     on every chunk); parts of one shard are written in the order they were appended."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with _POOL_LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(1, thread_name_prefix="genserve-shard"))
-        return _POOL[0]
+    return ThreadPoolExecutor(1, thread_name_prefix="genserve-shard")
 
 
 class NpyShardWriter:
