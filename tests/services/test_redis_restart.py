@@ -117,8 +117,8 @@ CALL_TIMEOUT_S = 8.0
 @pytest.mark.flaky(reruns=2)  # timing under a loaded 2-core machine; see README Tests
 def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_complete(mixed_repo: Path, tmp_path: Path):
     """Image calls and GenerateText streams run back to back while Redis is stopped and started
-    again: every call ends OK or UNAVAILABLE, those in flight when Redis stopped within 5 s of
-    it (never at their deadline), never INTERNAL and never a hang; each completed image call has the seed's bytes and each completed stream a
+    again: every call ends OK or UNAVAILABLE, those in flight when Redis stopped that fail
+    within 5 s of it (never at their deadline), never INTERNAL and never a hang; each completed image call has the seed's bytes and each completed stream a
     finish reason; both kinds complete again after the restart."""
     if subprocess.run(["which", "redis-server"], capture_output=True).returncode:
         pytest.skip("no redis-server binary")
@@ -194,4 +194,5 @@ def test_requests_and_streams_in_flight_when_redis_restarts_end_unavailable_or_c
     assert {code(c) for _, c, _, _ in ended} <= {"OK", "UNAVAILABLE"}, sorted({c for _, c, _, _ in ended})
     in_flight = [(k, c, s, d) for k, c, s, d in ended if s <= down_at <= s + d]
     assert in_flight, "no call was in flight when Redis stopped"
-    assert all(s + d - down_at < 5.0 for _, _, s, d in in_flight), in_flight
+    # those that failed were told within seconds; one may also complete OK once Redis is back
+    assert all(s + d - down_at < 5.0 for _, c, s, d in in_flight if code(c) != "OK"), in_flight
