@@ -49,6 +49,7 @@ GATEWAY_HOOKS = [
 WORKER_HOOKS = [
     ("kombu.transport.redis", "Channel._brpop_read", "wk: BRPOP reply read", None),
     ("kombu.transport.redis", "QoS.append", "wk: unacked ZADD+HSET", "wk: unacked stored"),
+    ("genserve.workers.failover", "Failover.own", "wk: owner check (OWN script)", "wk: owned"),
     ("genserve.workers.tasks", "execute", "wk: task body started", "wk: task body returned"),
     ("genserve.workers.runtime", "OnnxModel.run", "wk: ONNX Runtime run", "wk: ONNX Runtime returned"),
     ("celery.backends.redis", "RedisBackend._set", "wk: result SET+PUBLISH", "wk: result stored"),

@@ -75,6 +75,10 @@ class WorkerSettings(BaseModel):
     # older than this is dead, and live workers put its messages back on their queues at once
     # instead of after the visibility timeout. 0: off (the visibility timeout alone).
     failover_ttl_s: float = 5.0
+    # Online messages' unacked record and owner claim sent without waiting, and their ack
+    # folded into the result script when the backend is the broker (workers/receipts.py).
+    # False: kombu's own round trips, one after the other.
+    receipts: bool = True
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
     # Celery pool. auto: `threads` when the worker serves an autoregressive model (its
     # generation tasks wait on one shared decode loop per process, so many must be active at

@@ -32,6 +32,8 @@ import time
 import uuid
 from typing import Any, Callable
 
+from genserve.workers import receipts
+
 log = logging.getLogger(__name__)
 
 UNACKED = "unacked"  # kombu's default `unacked_key`
@@ -222,9 +224,12 @@ def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]
     from celery.signals import task_received
 
     failover = Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s).start()
+    receipts.configure_failover(*keys(prefix), failover.holder)
 
     def received(sender: Any = None, request: Any = None, **_: Any) -> None:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if receipts.received(str(getattr(request, "id", ""))):
+            return  # claimed in its receipt (workers/receipts.py), read when it has run
         if tag is not None:
             try:
                 if not failover.own(str(tag)):

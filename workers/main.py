@@ -36,6 +36,11 @@ def run_worker(settings: Settings) -> int:
         queues = [f"{settings.queue_prefix}.default"]
 
     app = create_app(settings)
+    if settings.worker.receipts:  # fewer waited round trips per online message
+        from genserve.workers import receipts
+
+        receipts.install()
+        receipts.ack_with_result(settings.backend_url == settings.broker_url)
     pool, concurrency = worker_pool(settings)
     hot_models.install(app, settings, pool)  # only without --queues: consume new models' queues
     serve_metrics(settings.worker.metrics_host, settings.worker.metrics_port, multiprocess=pool == "prefork")

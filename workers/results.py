@@ -7,7 +7,8 @@ reads the PUBLISH (services/backends/celery.py), so both trips lie on every requ
 path. `ResultBackend` does the same check, SET (with the same expiry) and PUBLISH in one
 Lua script, atomically: one round trip, and no window between the check and the write. The
 key, the stored meta and the channel are Celery's own, so `AsyncResult`, Flower and the
-gateway read them unchanged.
+gateway read them unchanged. When the broker is the same Redis, the script also acks the
+task's message (workers/receipts.py): kombu's own ack round trip is skipped.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from kombu.utils.encoding import bytes_to_str
 
+from genserve.workers import receipts
+
 # KEYS[1] the result key; ARGV[1] the encoded meta, ARGV[2] seconds to keep it (0: forever).
 # The stored meta is msgpack or JSON (result_accept_content); a SUCCESS one stays.
+# With KEYS[2], KEYS[3] (kombu's unacked_index and unacked) and ARGV[3] (the message's delivery
+# tag), the message is acked in the same step (workers/receipts.py), whether this result or an
+# earlier run's is the one kept.
 _STORE = """
+if KEYS[2] then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta
@@ -54,9 +64,18 @@ class ResultBackend(RedisBackend):
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = bytes_to_str(task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires  # as _set_with_state
-        self.ensure(self._store_once, (self.get_key_for_task(task_id), self.encode(meta), expires))
+        # A successful online task's message is acked with its result (one round trip less);
+        # anything else is acked by kombu after this, as Celery does.
+        receipt = receipts.take_tag(meta["task_id"]) if state == states.SUCCESS else None
+        self.ensure(self._store_once, (self.get_key_for_task(task_id), self.encode(meta), expires, receipt))
+        if receipt is not None:
+            receipts.acked_by_result(receipt[0])
         return result
 
-    def _store_once(self, key: bytes | str, value: bytes | str, expires: Any) -> int:
+    def _store_once(self, key: bytes | str, value: bytes | str, expires: Any,
+                    receipt: tuple[str, str, str] | None = None) -> int:
         seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
-        return self._store(keys=[key], args=[value, seconds])
+        if receipt is None:
+            return self._store(keys=[key], args=[value, seconds])
+        tag, index_key, unacked_key = receipt
+        return self._store(keys=[key, index_key, unacked_key], args=[value, seconds, tag])

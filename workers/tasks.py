@@ -19,8 +19,8 @@ from celery import Celery
 from celery.exceptions import Ignore
 
 from genserve.errors import InvalidArgumentError
-from genserve.protocol import TASK_NAME, Loop, Op, TaskPayload, TaskResult, serves
-from genserve.workers import failover, metrics
+from genserve.protocol import TASK_NAME, UNGROUPED_OPS, Loop, Op, TaskPayload, TaskResult, serves
+from genserve.workers import failover, metrics, receipts
 from genserve.workers.batching import CallLog, failure
 from genserve.workers.loops import HANDLERS, Handler
 from genserve.workers.runtime import LoadedModel, ModelCache
@@ -66,9 +66,22 @@ def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS,
               bind=True)
     def run_batch(self: Any, payload: TaskPayload) -> TaskResult:
-        if failover.take_duplicate(self.request.id):  # a live worker runs the other copy
-            raise Ignore()  # acked, no result stored: the other copy's result is the answer
+        # A second copy of a message a live worker runs is not answered: acked, no result
+        # stored, the other copy's result is the answer. The owner claim of a one-shot batch
+        # is read after it ran (workers/receipts.py: its reply is in by then; answering is
+        # what must not happen twice, and the bytes are the same); a streamed generation's
+        # before it starts, as its chunks reach the client as they come.
+        task_id = self.request.id
+        if failover.take_duplicate(task_id):  # found by failover's own claim (no receipt)
+            raise Ignore()
         # Created on the first task, in the process that runs it (after any fork).
         if "cache" not in state:
             state["cache"] = cache_factory()
-        return execute(payload, state["cache"])
+        if payload.get("op") in UNGROUPED_OPS:  # streamed: settled before it runs
+            if receipts.settle(task_id):
+                raise Ignore()
+            return execute(payload, state["cache"])
+        result = execute(payload, state["cache"])
+        if receipts.settle(task_id):
+            raise Ignore()
+        return result
