@@ -129,6 +129,19 @@ STREAM_PREFIX = "genserve:stream:"  # + a stream id: channel of one generation's
 CHUNK_TASK_NAME = "genserve.run_chunk"  # one chunk of a batch job (genserve.workers.jobs)
 
 
+def consumers_key(queue: str) -> str:
+    """Sorted set of the worker processes consuming `queue`: member "<holder>|<processes>",
+    score the time its registration expires (workers/failover.py beats it; the gateway's
+    batcher sizes its messages in flight by it, services/dispatch.py)."""
+    return f"genserve:consumers:{queue}"
+
+
+def senders_key(queue: str) -> str:
+    """Sorted set of the gateways sending to `queue` lately: member a gateway's token, score
+    the time it stops counting (each gateway refreshes it while it has traffic)."""
+    return f"genserve:senders:{queue}"
+
+
 def bulk_queue_name(prefix: str, model: str) -> str:
     """The queue of a model's batch-job chunks: `<prefix>.bulk.<model name>`. Workers list it
     after the model's online queue and consume with kombu's `priority` order, so online

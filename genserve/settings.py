@@ -42,9 +42,10 @@ class BatchingSettings(BaseModel):
     # With a slot free, wait up to this long (and half a round trip) for as many requests as
     # the last batch carried: its clients come back together. 0: send whatever waits at once.
     max_linger_ms: float = 2.0
-    # Messages in flight per model per gateway before requests wait and group. 1 measured best
-    # with one worker (make bench); with N worker processes on a model, N keeps them all busy.
-    max_inflight_batches: int = 1
+    # Messages in flight per model per gateway before requests wait and group. 0 (auto): one
+    # per worker process consuming the model's queue, as the workers announce themselves
+    # (workers/failover.py); 1 when none is known (and in embedded mode).
+    max_inflight_batches: int = 0
 
 
 class WorkerSettings(BaseModel):

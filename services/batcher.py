@@ -69,7 +69,8 @@ class Batcher:
         self._max_samples = settings.max_batch_samples if settings.enabled else 1
         self._max_delay = settings.max_queue_delay_ms / 1000.0
         # With batching off every request is its own message, sent at once.
-        self._max_inflight = settings.max_inflight_batches if settings.enabled else 1 << 30
+        self._batching = settings.enabled
+        self._max_inflight = max(1, settings.max_inflight_batches) if settings.enabled else 1 << 30
         self._max_pending = max_pending
         self._max_linger = settings.max_linger_ms / 1000.0 if settings.enabled else 0.0
         self._expected = 1  # outstanding when the last batch came back: the next one's size
@@ -88,6 +89,18 @@ class Batcher:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def max_inflight(self) -> int:
+        return self._max_inflight
+
+    @max_inflight.setter
+    def max_inflight(self, limit: int) -> None:
+        """A new limit (the dispatcher's, as workers come and go); no effect with batching off."""
+        if self._batching and limit != self._max_inflight:
+            self._max_inflight = max(1, limit)
+            if self._queue and not self._closed:
+                self._schedule()  # a raised limit frees slots for what waits now
 
     @property
     def pending(self) -> int:

@@ -54,7 +54,9 @@ class Dispatcher:
         await self.backend.check_capacity(queue)
         if request_id.get():  # the RPC's id, for the worker's log lines (genserve/logs.py)
             request = {**request, "request_id": request_id.get()}
-        future = self._batcher(manifest.ref, queue, op).submit(request, samples, time.time() + timeout_s)
+        batcher = self._batcher(manifest.ref, queue, op)
+        batcher.max_inflight = self.inflight_limit(queue)
+        future = batcher.submit(request, samples, time.time() + timeout_s)
         try:
             outcome = await asyncio.wait_for(future, timeout=timeout_s)
         except asyncio.TimeoutError as exc:
@@ -65,6 +67,19 @@ class Dispatcher:
         if not outcome["ok"]:
             raise from_code(outcome["code"], outcome["message"])
         return outcome
+
+    def inflight_limit(self, queue: str) -> int:
+        """Messages of one batcher in flight at once: `batching.max_inflight_batches`, or with
+        0 (auto) one per worker process consuming the queue, so that every worker has a batch,
+        shared among the gateways sending to it (with none known: 1). One more than that, waiting in Redis for the first worker to
+        finish, measured no better with one worker: batches get smaller and each costs the
+        worker more (bench notes in the README)."""
+        configured = self.settings.batching.max_inflight_batches
+        if configured > 0:
+            return configured
+        return min(max(1, self.backend.consumers(queue)), self.AUTO_INFLIGHT_MAX)
+
+    AUTO_INFLIGHT_MAX = 64  # auto never goes past this many messages in flight
 
     def _batcher(self, ref: str, queue: str, op: Op) -> Batcher:
         key = (ref, str(op))

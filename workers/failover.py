@@ -32,6 +32,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from genserve.protocol import consumers_key
 from genserve.workers import receipts
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,11 @@ class Failover:
     """This process's heartbeat, and the sweep that restores dead holders' messages."""
 
     def __init__(self, client: Any, prefix: str, held: Callable[[], list[str]],
-                 restore: Callable[[str], None], ttl_s: float = 5.0, holder: str | None = None) -> None:
+                 restore: Callable[[str], None], ttl_s: float = 5.0, holder: str | None = None,
+                 queues: Callable[[], list[str]] | None = None, processes: int = 1) -> None:
         self._client = client
+        self._queues = queues or (lambda: [])  # online queues consumed now, announced each beat
+        self._processes = processes  # processes behind this holder that run its tasks
         self._held = held  # tags of the messages this process holds (LeaseKeeper.held)
         self._restore = restore  # tag -> back on its queue (kombu's restore_by_tag)
         self.prefix = prefix
@@ -104,7 +108,15 @@ class Failover:
         pipe.set(self._alive + self.holder, 1, px=int(self.ttl_s * 1000))
         for tag in tags:
             self._own(keys=[self.owners], args=[tag, self.holder, self._alive], client=pipe)
+        now = time.time()
+        for queue in self._queues():  # a consumer of each queue until one TTL from now
+            pipe.zadd(consumers_key(queue), {self._member: now + self.ttl_s})
+            pipe.zremrangebyscore(consumers_key(queue), "-inf", now - 60)  # long-dead ones
         pipe.execute()
+
+    @property
+    def _member(self) -> str:
+        return f"{self.holder}|{self._processes}"
 
     def sweep(self) -> list[str]:
         """Restore every message whose holder is dead, and every orphan; returns the restored tags."""
@@ -173,6 +185,8 @@ class Failover:
             mine = [k for k, v in self._client.hgetall(self.owners).items() if v.decode() == self.holder]
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(self._alive + self.holder)
+            for queue in self._queues():
+                pipe.zrem(consumers_key(queue), self._member)
             if mine:
                 pipe.hdel(self.owners, *mine)
             pipe.execute()
@@ -218,12 +232,15 @@ def take_duplicate(task_id: str) -> bool:
     return False
 
 
-def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]], ttl_s: float) -> Failover:
-    """Start this worker process's heartbeat and sweep (genserve worker)."""
+def install(app: Any, broker_url: str, prefix: str, held: Callable[[], list[str]], ttl_s: float,
+            queues: Callable[[], list[str]] | None = None, processes: int = 1) -> Failover:
+    """Start this worker process's heartbeat and sweep (genserve worker); `queues` are the
+    online queues it consumes now, announced with `processes` as their consumers."""
     import redis
     from celery.signals import task_received
 
-    failover = Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s).start()
+    failover = Failover(redis.Redis.from_url(broker_url), prefix, held, kombu_restorer(app), ttl_s,
+                        queues=queues, processes=processes).start()
     receipts.configure_failover(*keys(prefix), failover.holder)
 
     def received(sender: Any = None, request: Any = None, **_: Any) -> None:

@@ -53,7 +53,9 @@ def run_worker(settings: Settings) -> int:
             from genserve.workers import failover as failover_module
 
             failover = failover_module.install(app, settings.broker_url, settings.queue_prefix, keeper.held,
-                                               settings.worker.failover_ttl_s)
+                                               settings.worker.failover_ttl_s,
+                                               queues=lambda: consumed(app, queues),
+                                               processes=concurrency if pool == "prefork" else 1)
     # batch-job chunks, beside the online tasks, with leases and failover like theirs
     start_bulk_consumer(app, settings, bulk_queues(settings), keeper, failover)
     try:
@@ -69,3 +71,12 @@ def run_worker(settings: Settings) -> int:
         if failover is not None:  # after Celery restored its prefetched messages: nothing left behind
             failover.close()
     return 0
+
+
+def consumed(app: object, started_with: list[str]) -> list[str]:
+    """The queues Celery consumes now: those it started with and any hot model's added since."""
+    try:
+        selection = list(getattr(app.amqp.queues, "consume_from", None) or {})  # type: ignore[attr-defined]
+    except RuntimeError:  # the consumer thread added one just now: the next beat sees it
+        selection = []
+    return sorted(set(started_with) | set(selection))

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, QueueFullError
-from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload
+from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload, consumers_key, senders_key
 from genserve.services.pubsub import PubSubReader
 from genserve.services.redelivery import LostMessageWatch
 from genserve.services.streams import RedisStreams
@@ -53,6 +53,7 @@ class ResultListener(PubSubReader):
         self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
         self._last_sweep = time.monotonic()
         self._token = uuid.uuid4().hex[:16]  # this gateway process's prefix of task ids
+        self.token = self._token
         self._ids = itertools.count()
         self._prefix = f"{RESULT_PREFIX}{self._token}_"
         self._to_delete: list[str] = []  # results read, deleted by the next `_delete_read`
@@ -168,7 +169,8 @@ class TaskPublisher:
 class CeleryBackend:
     """Distributed mode: Celery tasks over Redis, results read asynchronously."""
 
-    QUEUE_CHECK_S = 0.25  # how stale the cached queue depth may be
+    QUEUE_CHECK_S = 0.25  # how stale the cached queue depth (and consumer count) may be
+    SENDER_S = 2.0  # a gateway counts as a sender to a queue this long after its last look
 
     def __init__(self, settings: Settings) -> None:
         import redis.asyncio
@@ -185,6 +187,8 @@ class CeleryBackend:
         self._loads = loads
         self._max_depth = settings.gateway.max_queue_depth
         self._depth: dict[str, tuple[int, float]] = {}
+        self._consumers: dict[str, int] = {}  # queue -> worker processes consuming it, as last read
+        self._senders: dict[str, int] = {}  # queue -> gateways sending to it lately, as last read
 
     async def run(self, ref: str, queue: str, op: str, requests: list[dict[str, Any]], deadline: float,
                   samples: int = 0) -> dict[str, Any]:
@@ -222,15 +226,30 @@ class CeleryBackend:
     async def check_capacity(self, queue: str) -> None:
         depth, at = self._depth.get(queue, (0, 0.0))
         if time.monotonic() - at > self.QUEUE_CHECK_S:
-            try:
-                depth = await self._broker.llen(queue)
+            try:  # the depth, who consumes the queue (workers/failover.py beats it) and how
+                # many gateways share those consumers (this one included), in one trip
+                now = time.time()
+                pipe = self._broker.pipeline(transaction=False)
+                pipe.llen(queue)
+                pipe.zrangebyscore(consumers_key(queue), now, "+inf")
+                pipe.zadd(senders_key(queue), {self._listener.token: now + self.SENDER_S})
+                pipe.zremrangebyscore(senders_key(queue), "-inf", now)
+                pipe.zcard(senders_key(queue))
+                depth, members, _, _, senders = await pipe.execute()
             except Exception as exc:
                 raise BrokerUnavailableError(f"broker unreachable: {exc}") from exc
             self._depth[queue] = (depth, time.monotonic())
+            self._consumers[queue] = sum(_processes(m) for m in members)
+            self._senders[queue] = max(1, senders)
         if depth >= self._max_depth:
             raise QueueFullError(
                 f"queue {queue} holds {depth} messages (limit {self._max_depth}); retry with backoff"
             )
+
+    def consumers(self, queue: str) -> int:
+        """This gateway's share of the worker processes consuming `queue`, as last read:
+        all of them over the gateways sending to it (rounded up; 0: none known)."""
+        return -(-self._consumers.get(queue, 0) // self._senders.get(queue, 1))
 
     def queue_depths(self) -> dict[str, int]:
         """Each queue's depth as last read (LLEN) by check_capacity, for the metrics."""
@@ -249,3 +268,11 @@ class CeleryBackend:
         await self.streams.close()
         await self._redis.aclose()
         await self._broker.aclose()
+
+
+def _processes(member: bytes) -> int:
+    """"<holder>|<processes>" -> processes (a member written otherwise counts as one)."""
+    try:
+        return max(1, int(member.rsplit(b"|", 1)[1]))
+    except (IndexError, ValueError):
+        return 1

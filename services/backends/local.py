@@ -53,6 +53,9 @@ class LocalBackend:
     async def check_capacity(self, queue: str) -> None:
         return None
 
+    def consumers(self, queue: str) -> int:
+        return 0  # no queue: one batch at a time, as the gateway's own event loop runs it
+
     async def ping(self) -> bool:
         return True
 

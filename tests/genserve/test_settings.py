@@ -39,7 +39,7 @@ def test_defaults_are_the_embedded_single_machine_mode() -> None:
     assert settings.queue_for("vae") == "genserve.vae"
     assert (settings.gateway.host, settings.gateway.port) == ("127.0.0.1", 50051)
     assert settings.batching == BatchingSettings(
-        enabled=True, max_batch_samples=256, max_queue_delay_ms=5.0, max_inflight_batches=1
+        enabled=True, max_batch_samples=256, max_queue_delay_ms=5.0, max_inflight_batches=0
     )
     assert settings.worker.queues == [] and settings.worker.execution_provider == "auto"
     assert settings.limits.max_count == 4096
@@ -64,7 +64,7 @@ def test_nested_override_by_dict_or_model() -> None:
     """A nested section can be overridden with a dict (one knob) or a model instance."""
     settings = DefaultsOnly(batching={"max_queue_delay_ms": 0.5}, gateway=GatewaySettings(port=0))
     assert settings.batching.max_queue_delay_ms == 0.5
-    assert settings.batching.max_inflight_batches == 1  # untouched knobs keep their defaults
+    assert settings.batching.max_inflight_batches == 0  # untouched knobs keep their defaults (0: auto)
     assert settings.gateway.port == 0 and settings.gateway.host == "127.0.0.1"
 
 
