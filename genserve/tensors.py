@@ -25,9 +25,19 @@ _NUMPY_TO_PROTO = {dt.name: code for code, dt in _PROTO_DTYPES.items()}
 _WIRE_DTYPES = {dt.name for dt in _PROTO_DTYPES.values()}
 
 
+_DTYPE_NAMES: dict[np.dtype, str] = {}  # numpy computes dtype.name anew on every access
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
 def to_wire(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
-    return {"shape": list(array.shape), "dtype": array.dtype.name, "data": array.tobytes()}
+    return {"shape": list(array.shape), "dtype": dtype_name(array.dtype), "data": array.tobytes()}
 
 
 def from_wire(wire: dict[str, Any], field: str = "tensor") -> np.ndarray:

@@ -122,6 +122,28 @@ class Batcher:
         self._schedule()
         return waiting.future
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or in flight."""
+        return self._pending == 0
+
+    def run_alone(self, request: dict[str, Any], samples: int, run: Callable[[dict[str, Any]], TaskResult]) -> Any:
+        """Run one request right now, synchronously, as a batch of its own (`run`: requests
+        -> task result); counted like any batch. For a caller that found the batcher idle
+        and nobody else waiting (the embedded mode's lone request, services/dispatch.py)."""
+        self.stats.requests_per_batch[1] += 1
+        self.stats.samples_per_batch[samples] += 1
+        if self._observer is not None:
+            self._observer.sent([0.0], samples)
+        started = time.perf_counter()
+        result = run(request)
+        if self._observer is not None:
+            self._observer.finished(time.perf_counter() - started)
+        self.stats.onnx_calls.update(result.get("calls", []))
+        self.stats.provider = result.get("provider") or self.stats.provider
+        (outcome,) = result["results"]
+        return outcome
+
     def _cancelled(self, waiting: Waiting) -> None:
         """A client gave up (cancel, deadline): free its place now, not when its batch returns.
         Still queued: it leaves the queue. In flight: once every request of its batch has given

@@ -8,6 +8,7 @@ into the matching error. Where batches go is the backend's business (services/ba
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ class Dispatcher:
         self.backend: Backend = backend or default_backend(settings)
         self.metrics = metrics or GatewayMetrics()  # services/metrics.py: what the batchers report
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._submitting = 0  # submit() calls under way, across models
 
     def batchers(self) -> dict[tuple[str, str], Batcher]:
         """(model version, op) -> its batcher, for the metrics' gauges."""
@@ -56,17 +58,38 @@ class Dispatcher:
             request = {**request, "request_id": request_id.get()}
         batcher = self._batcher(manifest.ref, queue, op)
         batcher.max_inflight = self.inflight_limit(queue)
-        future = batcher.submit(request, samples, time.time() + timeout_s)
+        self._submitting += 1
         try:
-            outcome = await asyncio.wait_for(future, timeout=timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise DeadlineExceededError(
-                f"no result from {manifest.ref} within the deadline ({timeout_s:.3f} s); "
-                "its workers may be busy or down"
-            ) from exc
+            outcome = await self._alone(batcher, manifest.ref, op, request, samples)
+            if outcome is None:
+                future = batcher.submit(request, samples, time.time() + timeout_s)
+                try:
+                    outcome = await asyncio.wait_for(future, timeout=timeout_s)
+                except asyncio.TimeoutError as exc:
+                    raise DeadlineExceededError(
+                        f"no result from {manifest.ref} within the deadline ({timeout_s:.3f} s); "
+                        "its workers may be busy or down"
+                    ) from exc
+        finally:
+            self._submitting -= 1
         if not outcome["ok"]:
             raise from_code(outcome["code"], outcome["message"])
         return outcome
+
+    async def _alone(self, batcher: Batcher, ref: str, op: Op, request: dict[str, Any], samples: int) -> Outcome | None:
+        """A lone request that the backend runs on the event loop (embedded mode, small, its
+        model loaded) is run here and now, without the batcher's future, task and loop
+        iterations (about 50 us of the gateway's CPU per request, measured in-process). One
+        yield first lets every RPC that is ready reach this point: if any did, or anything
+        is queued or in flight, the request goes through the batcher and they group. None:
+        not run here."""
+        inline = getattr(self.backend, "inline", None)
+        if inline is None or not batcher.idle or self._submitting != 1 or not inline(ref, str(op), samples):
+            return None
+        await asyncio.sleep(0)
+        if self._submitting != 1 or not batcher.idle:
+            return None
+        return batcher.run_alone(request, samples, functools.partial(self.backend.run_inline, ref, str(op)))
 
     def inflight_limit(self, queue: str) -> int:
         """Messages of one batcher in flight at once: `batching.max_inflight_batches`, or with

@@ -57,6 +57,7 @@ class _Metrics:
         from prometheus_client import Counter, Histogram
 
         mo = ["model", "op"]
+        self.bound: dict[tuple[str, str], Any] = {}  # (model ref, op) -> _Bound, see _children
         self.messages = Counter("genserve_worker_messages", "Task messages processed", mo)
         self.requests = Counter("genserve_worker_requests", "Requests processed, by outcome", [*mo, "code"])
         self.per_message = Histogram("genserve_worker_requests_per_message", "Requests per task message", mo,
@@ -91,29 +92,59 @@ def _name(ref: str) -> str:
     return ref.partition(":")[0]
 
 
+class _Bound:
+    """One (model, op)'s children of the message metrics: prometheus_client's `labels()`
+    hashes and locks on every call, six times a message."""
+
+    def __init__(self, m: _Metrics, model: str, op: str) -> None:
+        self.model, self.op = model, op
+        self.queue_wait = m.queue_wait.labels(model, op)
+        self.messages = m.messages.labels(model, op)
+        self.inference = m.inference.labels(model, op)
+        self.per_message = m.per_message.labels(model, op)
+        self.call_samples = m.call_samples.labels(model, op)
+        self._requests = m.requests
+        self._by_code: dict[str, Any] = {}
+
+    def requests(self, code: str) -> Any:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._requests.labels(self.model, self.op, code)
+        return child
+
+
+def _children(ref: str, op: str) -> _Bound:
+    m = metrics()  # the children live with the process's metrics (created after any fork)
+    bound = m.bound.get((ref, op))
+    if bound is None:
+        bound = m.bound[(ref, op)] = _Bound(m, _name(ref), op)
+    return bound
+
+
 def message_started(payload: dict[str, Any]) -> tuple[float, Any]:
     """Queue wait, and the message's request ids on this thread's log lines until it finishes."""
     now = time.time()
     if payload.get("sent_at"):
-        metrics().queue_wait.labels(_name(payload["model"]), payload["op"]).observe(max(0.0, now - payload["sent_at"]))
+        _children(payload["model"], payload["op"]).queue_wait.observe(max(0.0, now - payload["sent_at"]))
     ids = ",".join(r.get("request_id", "") for r in payload["requests"] if isinstance(r, dict) and r.get("request_id"))
     return time.perf_counter(), request_id.set(ids)
 
 
 def message_finished(started: tuple[float, Any], payload: dict[str, Any], result: dict[str, Any]) -> None:
     seconds = time.perf_counter() - started[0]
-    model, op = _name(payload["model"]), payload["op"]
-    m = metrics()
-    m.messages.labels(model, op).inc()
-    m.inference.labels(model, op).observe(seconds)
-    m.per_message.labels(model, op).observe(len(result["results"]))
+    op = payload["op"]
+    bound = _children(payload["model"], op)
+    bound.messages.inc()
+    bound.inference.observe(seconds)
+    bound.per_message.observe(len(result["results"]))
     for rows in result["calls"]:
-        m.call_samples.labels(model, op).observe(rows)
+        bound.call_samples.observe(rows)
     for outcome in result["results"]:
-        m.requests.labels(model, op, "OK" if outcome.get("ok") else outcome.get("code", "INTERNAL")).inc()
-    log.info("ran %d requests for %s (%s) in %.1f ms", len(result["results"]), payload["model"], op, seconds * 1e3,
-             extra={"model": payload["model"], "op": op, "requests": len(result["results"]),
-                    "onnx_calls": result["calls"], "seconds": round(seconds, 6)})
+        bound.requests("OK" if outcome.get("ok") else outcome.get("code", "INTERNAL")).inc()
+    if log.isEnabledFor(logging.INFO):  # the extra fields cost more than the disabled call
+        log.info("ran %d requests for %s (%s) in %.1f ms", len(result["results"]), payload["model"], op, seconds * 1e3,
+                 extra={"model": payload["model"], "op": op, "requests": len(result["results"]),
+                        "onnx_calls": result["calls"], "seconds": round(seconds, 6)})
     request_id.reset(started[1])
 
 

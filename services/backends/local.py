@@ -45,6 +45,12 @@ class LocalBackend:
             return execute(payload, self._cache)
         return await asyncio.get_running_loop().run_in_executor(self._pool, execute, payload, self._cache)
 
+    def run_inline(self, ref: str, op: str, request: dict[str, Any]) -> TaskResult:
+        """One request on the calling thread (the dispatcher's lone-request path)."""
+        from genserve.workers.tasks import execute
+
+        return execute({"model": ref, "op": op, "requests": [request]}, self._cache)
+
     def inline(self, ref: str, op: str, samples: int) -> bool:
         """Whether this batch runs on the event loop: small, one-shot, its model loaded."""
         return (0 < samples <= self._inline_samples and op not in THREAD_OPS

@@ -43,3 +43,43 @@ def test_where_batches_run_and_that_both_ways_answer_the_same(repo: Path, monkey
     assert [name.startswith("genserve-worker") for name in ran_in] == [True, False, True]
     np.testing.assert_array_equal(images[0], images[1])
     np.testing.assert_array_equal(images[1], images[2])
+
+
+def test_a_lone_request_skips_the_batcher_and_concurrent_ones_still_group(repo: Path, monkeypatch):
+    """Embedded: a request alone (nothing queued or in flight, no other RPC ready) runs right
+    in the dispatcher; eight at once still go through the batcher and share messages; a
+    seeded request answers the same bytes either way."""
+    from genserve.protocol import Op
+    from genserve.services.batcher import Batcher
+    from genserve.services.dispatch import Dispatcher
+
+    manifest = ModelRepository(repo).resolve("vae")
+    dispatcher = Dispatcher(Settings(model_repository=repo))
+    queued: list[int] = []
+    submit = Batcher.submit
+
+    def counting(self, request, samples, deadline):
+        queued.append(samples)
+        return submit(self, request, samples, deadline)
+
+    monkeypatch.setattr(Batcher, "submit", counting)
+
+    def request(seed: int) -> dict:
+        return {"seed": seed, "count": 1, "first_index": 0, "tensor": True, "png": False}
+
+    async def scenario() -> tuple[list, list]:
+        await dispatcher.submit(manifest, Op.GENERATE_IMAGES, request(0), 1, 30)  # loads the model (a thread)
+        queued.clear()
+        alone = [await dispatcher.submit(manifest, Op.GENERATE_IMAGES, request(s), 1, 30) for s in range(8)]
+        assert queued == [], "a lone request went through the batcher"
+        together = await asyncio.gather(*(dispatcher.submit(manifest, Op.GENERATE_IMAGES, request(s), 1, 30)
+                                          for s in range(8)))
+        await dispatcher.close()
+        return alone, together
+
+    alone, together = asyncio.run(scenario())
+    assert len(queued) >= 7, queued  # at most the first of the eight ran alone
+    (stats,) = dispatcher.stats(manifest.ref)
+    assert max(stats.requests_per_batch) > 1 and stats.requests_per_batch[1] >= 8, stats.requests_per_batch
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(from_wire(a["images"]), from_wire(b["images"]))
