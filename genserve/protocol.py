@@ -88,17 +88,19 @@ OPEN_INFERENCE_LOOPS = frozenset({Loop.LATENT_SAMPLER, Loop.IMAGE_TO_IMAGE, Loop
 
 def serves_open_inference(loop: str) -> bool:
     """Whether a model with this loop answers ModelInfer."""
-    return loop in LOOP_NAMES and Loop(loop) in OPEN_INFERENCE_LOOPS
+    return loop in _OPEN_INFERENCE_NAMES
 
 
 def serves(loop: str, op: str) -> bool:
     """Whether a worker runs `op` for a model with this loop: an op of its RPCs in LOOPS, or the
     Open Inference Protocol's INFER_TENSORS on a tensor loop."""
-    if loop not in LOOP_NAMES:
-        return False
-    if op == Op.INFER_TENSORS:
-        return Loop(loop) in OPEN_INFERENCE_LOOPS
-    return op in LOOPS[Loop(loop)].ops
+    return (loop, op) in _SERVED
+
+
+# Plain-string lookups of the two above (both run on every request; Enum construction is slow).
+_OPEN_INFERENCE_NAMES = frozenset(str(loop.value) for loop in OPEN_INFERENCE_LOOPS)
+_SERVED = frozenset({(str(loop.value), str(op.value)) for loop, spec in LOOPS.items() for op in spec.ops}
+                    | {(name, str(Op.INFER_TENSORS.value)) for name in _OPEN_INFERENCE_NAMES})
 
 
 # Ops sent one request per message: each generation streams and finishes on its own, and the
