@@ -2,6 +2,7 @@
 
     async with AsyncClient("127.0.0.1:50051") as client:
         (await client.generate_images("vae", 64, seed=1)).images        # (64, 1, 28, 28)
+        (await client.encode_images("vae", digits, reconstruct=True)).reconstructions
         async for chunk in client.stream_text("gpt", "The assert", max_new_tokens=64, seed=3):
             print(chunk.text, end="", flush=True)
         (await client.complete_text("gpt", "The assert")).text
@@ -15,10 +16,12 @@ for: a load generator, a web handler, a pipeline that fans requests out.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
+import numpy as np
 
-from genserve.client import GeneratedImages, GeneratedText, GenserveRpcError, TextScore, _finish_reason, _tokens
+from genserve.client import (EncodedImages, GeneratedImages, GeneratedText, GenserveRpcError, TextScore, _encode_request,
+                             _encoded, _finish_reason, _tokens)
 from genserve.rpc import guard_aio
 from genserve.tensors import from_proto
 from genserve.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
@@ -53,6 +56,13 @@ class AsyncClient:
         request = inference_pb2.GenerateImagesRequest(model=model, count=count, seed=seed, label=label)
         response = await self.inference.GenerateImages(request, timeout=self.timeout_s)
         return GeneratedImages(from_proto(response.images, "images"), response.seed, response.model)
+
+    async def encode_images(self, model: str, images: np.ndarray, labels: int | Sequence[int] | None = None,
+                            reconstruct: bool = False) -> EncodedImages:
+        """EncodeImages: posterior mean and log-variance of each image; with `reconstruct`, decoder(mean)."""
+        response = await self.inference.EncodeImages(_encode_request(model, images, labels, reconstruct),
+                                                     timeout=self.timeout_s)
+        return _encoded(response)
 
     async def stream_text(self, model: str, prompt: str, max_new_tokens: int = 64,
                           **sampling: Any) -> AsyncIterator[GeneratedText]:

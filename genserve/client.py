@@ -2,6 +2,7 @@
 
     with Client("127.0.0.1:50051") as client:
         client.generate_images("vae", 64, seed=1).images          # (64, 1, 28, 28)
+        client.encode_images("vae", digits, reconstruct=True).mean  # (N, 32) posterior means
         for chunk in client.stream_text("gpt", "The assert", max_new_tokens=64, seed=3):
             print(chunk.text, end="", flush=True)                 # token by token
         client.complete_text("gpt", "The assert", stop=["\n\n"]).text
@@ -18,18 +19,18 @@ NOT_FOUND lists the models). genserve.aio_client.AsyncClient is the asyncio twin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
 
 from genserve.rpc import GenserveRpcError, guard
 from genserve.jobs.client import JobCalls
-from genserve.tensors import from_proto
+from genserve.tensors import from_proto, to_proto
 from genserve.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 
 
-__all__ = ["Client", "GeneratedImages", "GeneratedText", "GenserveRpcError", "TextScore"]
+__all__ = ["Client", "EncodedImages", "GeneratedImages", "GeneratedText", "GenserveRpcError", "TextScore"]
 
 
 @dataclass
@@ -37,6 +38,30 @@ class GeneratedImages:
     images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
     seed: int
     model: str
+
+
+@dataclass
+class EncodedImages:
+    mean: np.ndarray  # (N, D) float32: posterior means in the VAE's own latent space
+    log_variance: np.ndarray  # (N, D) float32
+    reconstructions: np.ndarray | None  # (N, C, H, W) in [0, 1]: decoder(mean), when asked for
+    model: str
+
+
+def _encode_request(model: str, images: np.ndarray, labels: int | Sequence[int] | None,
+                    reconstruct: bool) -> inference_pb2.EncodeImagesRequest:
+    """labels: one per image, or one int for all (class-conditional models only)."""
+    request = inference_pb2.EncodeImagesRequest(model=model, reconstruct=reconstruct)
+    to_proto(np.ascontiguousarray(images, dtype=np.float32), request.images)
+    if labels is not None:
+        request.labels.extend([labels] if isinstance(labels, int) else [int(label) for label in labels])
+    return request
+
+
+def _encoded(response: inference_pb2.EncodeImagesResponse) -> EncodedImages:
+    reconstructions = from_proto(response.reconstructions, "reconstructions") if response.reconstructions.shape else None
+    return EncodedImages(from_proto(response.mean, "mean"), from_proto(response.log_variance, "log_variance"),
+                         reconstructions, response.model)
 
 
 @dataclass
@@ -84,6 +109,13 @@ class Client(JobCalls):  # JobCalls: submit_job, watch_job, get_job, list_jobs, 
         request = inference_pb2.GenerateImagesRequest(model=model, count=count, seed=seed, label=label)
         response = self.inference.GenerateImages(request, timeout=self.timeout_s)
         return GeneratedImages(from_proto(response.images, "images"), response.seed, response.model)
+
+    def encode_images(self, model: str, images: np.ndarray, labels: int | Sequence[int] | None = None,
+                      reconstruct: bool = False) -> EncodedImages:
+        """EncodeImages: posterior mean and log-variance of each image (N, C, H, W) in [0, 1];
+        with `reconstruct`, the decoder's image of each mean too."""
+        response = self.inference.EncodeImages(_encode_request(model, images, labels, reconstruct), timeout=self.timeout_s)
+        return _encoded(response)
 
     def _text_request(self, model: str, prompt: str, max_new_tokens: int, **sampling: Any) -> Any:
         """sampling: temperature, top_k, top_p, repetition_penalty, stop (list), seed, logprobs."""

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypedDict
+from typing import Any, Iterable, TypedDict
 
 
 class Op(str, Enum):
     """What a task message asks a worker to do with its requests."""
 
     GENERATE_IMAGES = "generate_images"
+    # {"images", "labels" (conditional), "reconstruct", "tensor", "png"} -> {"mean", "logvar"
+    # [, "images" | "png"]}: the posterior of a VAE's encoder graph, decoded by its "decoder" graph
+    ENCODE_IMAGES = "encode_images"
     DENOISE = "denoise"
     CLASSIFY = "classify"
     GENERATE_TEXT = "generate_text"
@@ -72,7 +75,7 @@ class LoopSpec:
 
 
 LOOPS: dict[Loop, LoopSpec] = {
-    Loop.LATENT_SAMPLER: LoopSpec({"GenerateImages": Op.GENERATE_IMAGES}),
+    Loop.LATENT_SAMPLER: LoopSpec({"GenerateImages": Op.GENERATE_IMAGES, "EncodeImages": Op.ENCODE_IMAGES}),
     Loop.IMAGE_TO_IMAGE: LoopSpec({"Denoise": Op.DENOISE}),
     Loop.IMAGE_CLASSIFIER: LoopSpec({"Classify": Op.CLASSIFY}),
     Loop.TEXT_CLASSIFIER: LoopSpec({"Classify": Op.CLASSIFY}),
@@ -80,6 +83,13 @@ LOOPS: dict[Loop, LoopSpec] = {
                                    "ScoreText": Op.SCORE_TEXT}),
 }
 LOOP_NAMES = tuple(loop.value for loop in LOOPS)
+
+# RPCs that need a graph besides the serving one ("model"): a version whose manifest lacks it
+# (a GAN, a VAE exported before the graph existed) does not list the RPC and answers it
+# FAILED_PRECONDITION. EncodeImages' reconstructions need the "decoder" graph as well
+# (RECONSTRUCTION_GRAPH), checked only when a request asks for them.
+RPC_GRAPHS: dict[str, tuple[str, ...]] = {"EncodeImages": ("encoder",)}
+RECONSTRUCTION_GRAPH = "decoder"
 
 # Loops whose models answer the Open Inference Protocol's ModelInfer (op INFER_TENSORS): their
 # graphs map named tensors to named tensors with nothing in between (no tokenizer, no cache).
@@ -108,10 +118,21 @@ _SERVED = frozenset({(str(loop.value), str(op.value)) for loop, spec in LOOPS.it
 UNGROUPED_OPS = frozenset({Op.GENERATE_TEXT})
 
 
-def rpcs_of(loop: str) -> list[str]:
-    """The gRPC methods a model with this loop answers; none for a loop this build does not know."""
+def rpcs_of(loop: str, graphs: Iterable[str] | None = None) -> list[str]:
+    """The gRPC methods a model with this loop answers; none for a loop this build does not know.
+    With `graphs` (the manifest's roles), only those whose RPC_GRAPHS are all there."""
     spec = LOOPS.get(Loop(loop)) if loop in LOOP_NAMES else None
-    return list(spec.rpcs) if spec else []
+    rpcs = list(spec.rpcs) if spec else []
+    if graphs is None:
+        return rpcs
+    have = set(graphs)
+    return [rpc for rpc in rpcs if have.issuperset(RPC_GRAPHS.get(rpc, ()))]
+
+
+def graphs_of_op(op: str) -> tuple[str, ...]:
+    """The graphs besides "model" a worker reads for `op`: the RPC_GRAPHS of the RPCs sending it."""
+    return tuple(sorted({role for spec in LOOPS.values() for rpc, sent in spec.rpcs.items() if sent == op
+                         for role in RPC_GRAPHS.get(rpc, ())}))
 
 
 def op_for(loop: str, rpc: str) -> Op | None:

@@ -114,7 +114,7 @@ class WorkerSettings(BaseModel):
 
 class LimitSettings(BaseModel):
     max_count: int = 4096  # images per GenerateImages request
-    max_images: int = 1024  # images per Denoise or Classify request
+    max_images: int = 1024  # images per Denoise, EncodeImages or Classify request
     max_texts: int = 1024  # texts per Classify request to a text classifier
     max_text_chars: int = 20_000  # characters per text to classify (tokens past the model's limit are cut)
     max_text_bytes: int = 1_000_000  # UTF-8 bytes of a ScoreText text

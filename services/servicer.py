@@ -54,6 +54,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return response
 
     @unary
+    async def EncodeImages(self, request: inference_pb2.EncodeImagesRequest, context: grpc.aio.ServicerContext) -> inference_pb2.EncodeImagesResponse:
+        manifest = self.catalog.resolve(request.model)
+        params = validation.encode_images(request, manifest, self.settings.limits)
+        outcome = await self.dispatcher.submit(manifest, Op.ENCODE_IMAGES, params.to_task(), params.samples(), self._timeout(context))
+        response = inference_pb2.EncodeImagesResponse(model=manifest.ref)
+        _tensor(outcome["mean"], response.mean)
+        _tensor(outcome["logvar"], response.log_variance)
+        if "images" in outcome:
+            _tensor(outcome["images"], response.reconstructions)
+        response.png.extend(outcome.get("png", []))
+        return response
+
+    @unary
     async def Denoise(self, request: inference_pb2.DenoiseRequest, context: grpc.aio.ServicerContext) -> inference_pb2.DenoiseResponse:
         manifest = self.catalog.resolve(request.model)
         params = validation.denoise(request, manifest, self.settings.limits)
@@ -137,7 +150,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
         return models_pb2.ModelInfo(
             name=manifest.name, version=manifest.version, kind=manifest.kind, loop=manifest.loop,
-            description=manifest.description, rpcs=rpcs_of(manifest.loop),
+            description=manifest.description, rpcs=rpcs_of(manifest.loop, manifest.files),
             inputs=[spec(t) for t in serving.inputs], outputs=[spec(t) for t in serving.outputs],
             labels=manifest.labels, metrics=manifest.metrics, sha256=serving.sha256,
             latent_dim=manifest.latent_dim, max_batch_size=manifest.serving.max_batch_size,

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -115,10 +115,20 @@ class LoadedModel:
     streams: Any = None  # where a streaming loop publishes chunks (autoregressive.streaming.StreamSink)
     state: dict[str, Any] = field(default_factory=dict)  # per-process helpers of a loop (decode scheduler)
     settings: WorkerSettings | None = None  # the worker's settings, for loops that have their own knobs
+    siblings: Callable[[str], OnnxModel] | None = None  # role -> the session of another graph of this version
 
     @property
     def max_batch_size(self) -> int:
         return self.manifest.serving.max_batch_size
+
+    def graph(self, role: str) -> OnnxModel:
+        """The session of graph `role` of this version (the VAE's "encoder"), created on first
+        use by the same cache; ModelNotReadyError when the manifest has no such graph."""
+        if role == "model":
+            return self.onnx
+        if self.siblings is None:
+            raise ModelNotReadyError(f"{self.manifest.ref}: no {role!r} graph is reachable from here")
+        return self.siblings(role)
 
 
 class ModelCache:
@@ -160,4 +170,5 @@ class ModelCache:
         metrics.model_loaded(manifest.ref, time.perf_counter() - started)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
-        return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings)
+        return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings,
+                           siblings=lambda other: self.get(ref, other).onnx)

@@ -25,45 +25,49 @@ _sym_db = _symbol_database.Default()
 from genserve.v1 import tensor_pb2 as genserve_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenserve/v1/inference.proto\x12\x0bgenserve.v1\x1a\x18genserve/v1/tensor.proto\"\x85\x02\n\x15GenerateImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12$\n\x07latents\x18\x05 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12,\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x16\n\x0ereturn_latents\x18\x07 \x01(\x08\x12\x18\n\x0b\x66irst_index\x18\x08 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_labelB\x0e\n\x0c_first_index\"\x8d\x01\n\x16GenerateImagesResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x07latents\x18\x05 \x01(\x0b\x32\x13.genserve.v1.Tensor\"\x7f\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x03 \x03(\x0c\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\"R\n\x0f\x44\x65noiseResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\"p\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x03 \x03(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\r\"9\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\nPrediction\x12$\n\x03top\x18\x01 \x03(\x0b\x32\x17.genserve.v1.LabelScore\"O\n\x10\x43lassifyResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.genserve.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\"\xec\x01\n\x13GenerateTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x01\x88\x01\x01\x12\x10\n\x08logprobs\x18\n \x01(\x08\x42\x0e\n\x0c_temperatureB\x07\n\x05_seed\"2\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x85\x01\n\x11GenerateTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x06tokens\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Token\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.genserve.v1.FinishReason\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x97\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x06tokens\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Token\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.genserve.v1.FinishReason\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05model\x18\x05 \x01(\t\"/\n\x10ScoreTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"}\n\x11ScoreTextResponse\x12\x16\n\x0elog_likelihood\x18\x01 \x01(\x01\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x16\n\x0enats_per_token\x18\x03 \x01(\x01\x12\x15\n\rbits_per_byte\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t*e\n\rImageEncoding\x12\x19\n\x15IMAGE_ENCODING_TENSOR\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12!\n\x1dIMAGE_ENCODING_TENSOR_AND_PNG\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32\xf1\x03\n\x10InferenceService\x12Y\n\x0eGenerateImages\x12\".genserve.v1.GenerateImagesRequest\x1a#.genserve.v1.GenerateImagesResponse\x12\x44\n\x07\x44\x65noise\x12\x1b.genserve.v1.DenoiseRequest\x1a\x1c.genserve.v1.DenoiseResponse\x12G\n\x08\x43lassify\x12\x1c.genserve.v1.ClassifyRequest\x1a\x1d.genserve.v1.ClassifyResponse\x12R\n\x0cGenerateText\x12 .genserve.v1.GenerateTextRequest\x1a\x1e.genserve.v1.GenerateTextChunk0\x01\x12S\n\x0c\x43ompleteText\x12 .genserve.v1.GenerateTextRequest\x1a!.genserve.v1.GenerateTextResponse\x12J\n\tScoreText\x12\x1d.genserve.v1.ScoreTextRequest\x1a\x1e.genserve.v1.ScoreTextResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgenserve/v1/inference.proto\x12\x0bgenserve.v1\x1a\x18genserve/v1/tensor.proto\"\x85\x02\n\x15GenerateImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05label\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12$\n\x07latents\x18\x05 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12,\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x16\n\x0ereturn_latents\x18\x07 \x01(\x08\x12\x18\n\x0b\x66irst_index\x18\x08 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_labelB\x0e\n\x0c_first_index\"\x8d\x01\n\x16GenerateImagesResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x07latents\x18\x05 \x01(\x0b\x32\x13.genserve.v1.Tensor\"\xa9\x01\n\x13\x45ncodeImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x03 \x03(\x0c\x12\x0e\n\x06labels\x18\x04 \x03(\x05\x12\x13\n\x0breconstruct\x18\x05 \x01(\x08\x12,\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\"\xae\x01\n\x14\x45ncodeImagesResponse\x12!\n\x04mean\x18\x01 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12)\n\x0clog_variance\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12,\n\x0freconstructions\x18\x03 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x04 \x03(\x0c\x12\r\n\x05model\x18\x05 \x01(\t\"\x7f\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x03 \x03(\x0c\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\"R\n\x0f\x44\x65noiseResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\"p\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x0b\n\x03png\x18\x03 \x03(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\r\"9\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\nPrediction\x12$\n\x03top\x18\x01 \x03(\x0b\x32\x17.genserve.v1.LabelScore\"O\n\x10\x43lassifyResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.genserve.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\"\xec\x01\n\x13GenerateTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x02\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x04H\x01\x88\x01\x01\x12\x10\n\x08logprobs\x18\n \x01(\x08\x42\x0e\n\x0c_temperatureB\x07\n\x05_seed\"2\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x85\x01\n\x11GenerateTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x06tokens\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Token\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.genserve.v1.FinishReason\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x97\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\"\n\x06tokens\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Token\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.genserve.v1.FinishReason\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\r\n\x05model\x18\x05 \x01(\t\"/\n\x10ScoreTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"}\n\x11ScoreTextResponse\x12\x16\n\x0elog_likelihood\x18\x01 \x01(\x01\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x16\n\x0enats_per_token\x18\x03 \x01(\x01\x12\x15\n\rbits_per_byte\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t*e\n\rImageEncoding\x12\x19\n\x15IMAGE_ENCODING_TENSOR\x10\x00\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x01\x12!\n\x1dIMAGE_ENCODING_TENSOR_AND_PNG\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32\xc6\x04\n\x10InferenceService\x12Y\n\x0eGenerateImages\x12\".genserve.v1.GenerateImagesRequest\x1a#.genserve.v1.GenerateImagesResponse\x12S\n\x0c\x45ncodeImages\x12 .genserve.v1.EncodeImagesRequest\x1a!.genserve.v1.EncodeImagesResponse\x12\x44\n\x07\x44\x65noise\x12\x1b.genserve.v1.DenoiseRequest\x1a\x1c.genserve.v1.DenoiseResponse\x12G\n\x08\x43lassify\x12\x1c.genserve.v1.ClassifyRequest\x1a\x1d.genserve.v1.ClassifyResponse\x12R\n\x0cGenerateText\x12 .genserve.v1.GenerateTextRequest\x1a\x1e.genserve.v1.GenerateTextChunk0\x01\x12S\n\x0c\x43ompleteText\x12 .genserve.v1.GenerateTextRequest\x1a!.genserve.v1.GenerateTextResponse\x12J\n\tScoreText\x12\x1d.genserve.v1.ScoreTextRequest\x1a\x1e.genserve.v1.ScoreTextResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genserve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEENCODING']._serialized_start=1754
-  _globals['_IMAGEENCODING']._serialized_end=1855
-  _globals['_FINISHREASON']._serialized_start=1857
-  _globals['_FINISHREASON']._serialized_end=1975
+  _globals['_IMAGEENCODING']._serialized_start=2103
+  _globals['_IMAGEENCODING']._serialized_end=2204
+  _globals['_FINISHREASON']._serialized_start=2206
+  _globals['_FINISHREASON']._serialized_end=2324
   _globals['_GENERATEIMAGESREQUEST']._serialized_start=71
   _globals['_GENERATEIMAGESREQUEST']._serialized_end=332
   _globals['_GENERATEIMAGESRESPONSE']._serialized_start=335
   _globals['_GENERATEIMAGESRESPONSE']._serialized_end=476
-  _globals['_DENOISEREQUEST']._serialized_start=478
-  _globals['_DENOISEREQUEST']._serialized_end=605
-  _globals['_DENOISERESPONSE']._serialized_start=607
-  _globals['_DENOISERESPONSE']._serialized_end=689
-  _globals['_CLASSIFYREQUEST']._serialized_start=691
-  _globals['_CLASSIFYREQUEST']._serialized_end=803
-  _globals['_LABELSCORE']._serialized_start=805
-  _globals['_LABELSCORE']._serialized_end=862
-  _globals['_PREDICTION']._serialized_start=864
-  _globals['_PREDICTION']._serialized_end=914
-  _globals['_CLASSIFYRESPONSE']._serialized_start=916
-  _globals['_CLASSIFYRESPONSE']._serialized_end=995
-  _globals['_GENERATETEXTREQUEST']._serialized_start=998
-  _globals['_GENERATETEXTREQUEST']._serialized_end=1234
-  _globals['_TOKEN']._serialized_start=1236
-  _globals['_TOKEN']._serialized_end=1286
-  _globals['_GENERATETEXTCHUNK']._serialized_start=1289
-  _globals['_GENERATETEXTCHUNK']._serialized_end=1422
-  _globals['_GENERATETEXTRESPONSE']._serialized_start=1425
-  _globals['_GENERATETEXTRESPONSE']._serialized_end=1576
-  _globals['_SCORETEXTREQUEST']._serialized_start=1578
-  _globals['_SCORETEXTREQUEST']._serialized_end=1625
-  _globals['_SCORETEXTRESPONSE']._serialized_start=1627
-  _globals['_SCORETEXTRESPONSE']._serialized_end=1752
-  _globals['_INFERENCESERVICE']._serialized_start=1978
-  _globals['_INFERENCESERVICE']._serialized_end=2475
+  _globals['_ENCODEIMAGESREQUEST']._serialized_start=479
+  _globals['_ENCODEIMAGESREQUEST']._serialized_end=648
+  _globals['_ENCODEIMAGESRESPONSE']._serialized_start=651
+  _globals['_ENCODEIMAGESRESPONSE']._serialized_end=825
+  _globals['_DENOISEREQUEST']._serialized_start=827
+  _globals['_DENOISEREQUEST']._serialized_end=954
+  _globals['_DENOISERESPONSE']._serialized_start=956
+  _globals['_DENOISERESPONSE']._serialized_end=1038
+  _globals['_CLASSIFYREQUEST']._serialized_start=1040
+  _globals['_CLASSIFYREQUEST']._serialized_end=1152
+  _globals['_LABELSCORE']._serialized_start=1154
+  _globals['_LABELSCORE']._serialized_end=1211
+  _globals['_PREDICTION']._serialized_start=1213
+  _globals['_PREDICTION']._serialized_end=1263
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1265
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1344
+  _globals['_GENERATETEXTREQUEST']._serialized_start=1347
+  _globals['_GENERATETEXTREQUEST']._serialized_end=1583
+  _globals['_TOKEN']._serialized_start=1585
+  _globals['_TOKEN']._serialized_end=1635
+  _globals['_GENERATETEXTCHUNK']._serialized_start=1638
+  _globals['_GENERATETEXTCHUNK']._serialized_end=1771
+  _globals['_GENERATETEXTRESPONSE']._serialized_start=1774
+  _globals['_GENERATETEXTRESPONSE']._serialized_end=1925
+  _globals['_SCORETEXTREQUEST']._serialized_start=1927
+  _globals['_SCORETEXTREQUEST']._serialized_end=1974
+  _globals['_SCORETEXTRESPONSE']._serialized_start=1976
+  _globals['_SCORETEXTRESPONSE']._serialized_end=2101
+  _globals['_INFERENCESERVICE']._serialized_start=2327
+  _globals['_INFERENCESERVICE']._serialized_end=2909
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,36 @@ class GenerateImagesResponse(_message.Message):
     latents: _tensor_pb2.Tensor
     def __init__(self, images: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., png: _Optional[_Iterable[bytes]] = ..., seed: _Optional[int] = ..., model: _Optional[str] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
+class EncodeImagesRequest(_message.Message):
+    __slots__ = ("model", "images", "png", "labels", "reconstruct", "encoding")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: _tensor_pb2.Tensor
+    png: _containers.RepeatedScalarFieldContainer[bytes]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    reconstruct: bool
+    encoding: ImageEncoding
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., png: _Optional[_Iterable[bytes]] = ..., labels: _Optional[_Iterable[int]] = ..., reconstruct: _Optional[bool] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ...) -> None: ...
+
+class EncodeImagesResponse(_message.Message):
+    __slots__ = ("mean", "log_variance", "reconstructions", "png", "model")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    LOG_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    mean: _tensor_pb2.Tensor
+    log_variance: _tensor_pb2.Tensor
+    reconstructions: _tensor_pb2.Tensor
+    png: _containers.RepeatedScalarFieldContainer[bytes]
+    model: str
+    def __init__(self, mean: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., log_variance: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., reconstructions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., png: _Optional[_Iterable[bytes]] = ..., model: _Optional[str] = ...) -> None: ...
+
 class DenoiseRequest(_message.Message):
     __slots__ = ("model", "images", "png", "encoding")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=genserve_dot_v1_dot_inference__pb2.GenerateImagesRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_inference__pb2.GenerateImagesResponse.FromString,
                 _registered_method=True)
+        self.EncodeImages = channel.unary_unary(
+                '/genserve.v1.InferenceService/EncodeImages',
+                request_serializer=genserve_dot_v1_dot_inference__pb2.EncodeImagesRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_inference__pb2.EncodeImagesResponse.FromString,
+                _registered_method=True)
         self.Denoise = channel.unary_unary(
                 '/genserve.v1.InferenceService/Denoise',
                 request_serializer=genserve_dot_v1_dot_inference__pb2.DenoiseRequest.SerializeToString,
@@ -73,6 +78,14 @@ class InferenceServiceServicer:
 
     def GenerateImages(self, request, context):
         """Samples images from a generator (VAE decoder, GAN generator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncodeImages(self, request, context):
+        """Encodes images with a VAE's encoder: each image's posterior mean and log-variance, and
+        optionally its reconstruction (the decoder's image of the mean).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +133,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GenerateImages,
                     request_deserializer=genserve_dot_v1_dot_inference__pb2.GenerateImagesRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_inference__pb2.GenerateImagesResponse.SerializeToString,
+            ),
+            'EncodeImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeImages,
+                    request_deserializer=genserve_dot_v1_dot_inference__pb2.EncodeImagesRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_inference__pb2.EncodeImagesResponse.SerializeToString,
             ),
             'Denoise': grpc.unary_unary_rpc_method_handler(
                     servicer.Denoise,
@@ -175,6 +193,33 @@ class InferenceService:
             '/genserve.v1.InferenceService/GenerateImages',
             genserve_dot_v1_dot_inference__pb2.GenerateImagesRequest.SerializeToString,
             genserve_dot_v1_dot_inference__pb2.GenerateImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.InferenceService/EncodeImages',
+            genserve_dot_v1_dot_inference__pb2.EncodeImagesRequest.SerializeToString,
+            genserve_dot_v1_dot_inference__pb2.EncodeImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

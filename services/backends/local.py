@@ -14,7 +14,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from genserve.protocol import Op, TaskPayload, TaskResult
+from genserve.protocol import Op, TaskPayload, TaskResult, graphs_of_op
 from genserve.repository import ModelRepository
 from genserve.services.streams import LocalStreams
 from genserve.settings import Settings
@@ -52,9 +52,10 @@ class LocalBackend:
         return execute({"model": ref, "op": op, "requests": [request]}, self._cache)
 
     def inline(self, ref: str, op: str, samples: int) -> bool:
-        """Whether this batch runs on the event loop: small, one-shot, its model loaded."""
+        """Whether this batch runs on the event loop: small, one-shot, its model (and every other
+        graph the op reads: EncodeImages' encoder) loaded."""
         return (0 < samples <= self._inline_samples and op not in THREAD_OPS
-                and self._cache.is_loaded(ref))
+                and all(self._cache.is_loaded(ref, role) for role in ("model", *graphs_of_op(op))))
 
     async def check_capacity(self, queue: str) -> None:
         return None

@@ -1,5 +1,5 @@
-"""What every RPC's validation shares: the RPC check, finite tensors, pydantic errors as one
-INVALID_ARGUMENT message, the request's deadline."""
+"""What every RPC's validation shares: the RPC and graph checks, finite tensors, pydantic
+errors as one INVALID_ARGUMENT message, the request's deadline."""
 
 from __future__ import annotations
 
@@ -9,19 +9,36 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from genserve.errors import DeadlineExceededError, InvalidArgumentError
-from genserve.protocol import rpcs_of
+from genserve.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
+from genserve.protocol import RPC_GRAPHS, rpcs_of
 from genserve.repository import Manifest
 from genserve.settings import LimitSettings
 
 
 def require_rpc(manifest: Manifest, rpc: str) -> None:
-    served = rpcs_of(manifest.loop)
-    if rpc not in served:
+    if rpc not in rpcs_of(manifest.loop):
+        served = rpcs_of(manifest.loop, manifest.files)  # what this version answers, graphs considered
         raise InvalidArgumentError(
             f"model {manifest.ref} is a {manifest.kind} ({manifest.loop}); it serves "
             f"{', '.join(served) or 'no RPC'}, not {rpc}"
         )
+
+
+def require_graph(manifest: Manifest, role: str, needed_by: str) -> None:
+    """A graph the request needs besides the serving one; a version published without it (a
+    GAN has no encoder, an older VAE no bare decoder) is valid but cannot do this."""
+    if role not in manifest.files:
+        raise FailedPreconditionError(
+            f"model {manifest.ref} has no {role!r} graph ({needed_by} needs one; its graphs: "
+            f"{', '.join(manifest.files)}); VAEs exported by this release have it: re-export, or use a newer version"
+        )
+
+
+def require_rpc_graphs(manifest: Manifest, rpc: str) -> None:
+    """The loop serves `rpc` (INVALID_ARGUMENT otherwise) and the version has its graphs."""
+    require_rpc(manifest, rpc)
+    for role in RPC_GRAPHS.get(rpc, ()):
+        require_graph(manifest, role, rpc)
 
 
 def finite_float32(array: np.ndarray, field: str) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""GenerateImages, Denoise and Classify (images): checked against the model's image layout,
-latent size, labels and the deployment's limits."""
+"""GenerateImages, EncodeImages, Denoise and Classify (images): checked against the model's
+image layout, latent size, labels, graphs and the deployment's limits."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from genserve.errors import InvalidArgumentError
+from genserve.protocol import RECONSTRUCTION_GRAPH
 from genserve.repository import Manifest
-from genserve.services.validation.common import finite_float32, require_rpc, validate
+from genserve.services.validation.common import finite_float32, require_graph, require_rpc, require_rpc_graphs, validate
 from genserve.settings import LimitSettings
 from genserve.tensors import from_proto, to_wire
 from genserve.v1 import inference_pb2
@@ -188,3 +189,50 @@ def classify_images(request: inference_pb2.ClassifyRequest, manifest: Manifest, 
     return validate(ImagesInput, raw, manifest, limits)
 
 
+
+
+class EncodeImagesInput(ImagesInput):
+    """An EncodeImages request: images as Denoise takes them, a label per image for a
+    class-conditional model (one given for all is repeated), whether to reconstruct."""
+
+    labels: list[int] = []
+    reconstruct: bool = False
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[int], info: ValidationInfo) -> list[int]:
+        manifest: Manifest = info.context["manifest"]
+        classes = len(manifest.labels)
+        if not manifest.conditional:
+            if labels:
+                raise ValueError(f"model {manifest.ref} is not class-conditional; omit labels")
+            return labels
+        if not labels:
+            raise ValueError(f"model {manifest.ref} is class-conditional: give labels (0..{classes - 1}), "
+                             "one per image or one for all")
+        images = info.data.get("images")
+        count = len(images) if images is not None else len(labels)
+        if len(labels) not in (1, count):
+            raise ValueError(f"labels must hold 1 or {count} entries (one per image), got {len(labels)}")
+        bad = [label for label in labels if not 0 <= label < classes]
+        if bad:
+            raise ValueError(f"labels must be 0..{classes - 1}, got {bad[0]}")
+        return labels * count if len(labels) == 1 else labels
+
+    def to_task(self) -> dict[str, Any]:
+        task = {"images": to_wire(self.images), "reconstruct": self.reconstruct, "tensor": self.tensor, "png": self.png}
+        if self.labels:
+            task["labels"] = self.labels
+        return task
+
+
+def encode_images(request: inference_pb2.EncodeImagesRequest, manifest: Manifest, limits: LimitSettings) -> EncodeImagesInput:
+    require_rpc_graphs(manifest, "EncodeImages")
+    if request.reconstruct:
+        require_graph(manifest, RECONSTRUCTION_GRAPH, "EncodeImages with reconstruct")
+    if request.encoding not in _ENCODINGS:
+        raise InvalidArgumentError(f"encoding must be one of {sorted(_ENCODINGS)}, got {request.encoding}")
+    tensor, png = _ENCODINGS[request.encoding]
+    raw = {"images": _images_from(request.images, request.png, manifest), "labels": list(request.labels),
+           "reconstruct": request.reconstruct, "tensor": tensor, "png": png}
+    return validate(EncodeImagesInput, raw, manifest, limits)

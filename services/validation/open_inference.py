@@ -70,7 +70,7 @@ def require_tensor_model(manifest: Manifest) -> None:
         loops = ", ".join(sorted(str(loop) for loop in OPEN_INFERENCE_LOOPS))
         raise InvalidArgumentError(
             f"model {manifest.ref} is a {manifest.kind} ({manifest.loop}); ModelInfer serves models of "
-            f"the loops {loops}; call genserve.v1.InferenceService {', '.join(rpcs_of(manifest.loop))} instead"
+            f"the loops {loops}; call genserve.v1.InferenceService {', '.join(rpcs_of(manifest.loop, manifest.files))} instead"
         )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgpack
 
-from genserve.protocol import (LOOP_NAMES, LOOPS, STREAM_PREFIX, UNGROUPED_OPS, Loop, Op, op_for, queue_name,
-                               rpcs_of, stream_channel)
+from genserve.protocol import (LOOP_NAMES, LOOPS, STREAM_PREFIX, UNGROUPED_OPS, Loop, Op, graphs_of_op, op_for,
+                               queue_name, rpcs_of, stream_channel)
 from genserve.v1 import inference_pb2
 
 
@@ -24,6 +24,15 @@ def test_rpcs_of_and_op_for_read_the_one_table() -> None:
     assert op_for("latent_sampler", "Denoise") is None
     assert rpcs_of("no_such_loop") == [] and op_for("no_such_loop", "Classify") is None
     assert LOOP_NAMES == tuple(loop.value for loop in Loop)
+
+
+def test_an_rpc_needing_another_graph_is_listed_only_with_it() -> None:
+    """EncodeImages needs the encoder: a GAN (or an old VAE export) lists GenerateImages only."""
+    assert rpcs_of("latent_sampler") == ["GenerateImages", "EncodeImages"]
+    assert rpcs_of("latent_sampler", ["model"]) == ["GenerateImages"]
+    assert rpcs_of("latent_sampler", {"model": 1, "encoder": 2}) == ["GenerateImages", "EncodeImages"]
+    assert op_for("latent_sampler", "EncodeImages") is Op.ENCODE_IMAGES
+    assert graphs_of_op(Op.ENCODE_IMAGES) == ("encoder",) and graphs_of_op(Op.DENOISE) == ()
 
 
 def test_ops_and_loops_travel_as_their_plain_strings() -> None:

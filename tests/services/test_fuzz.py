@@ -42,6 +42,11 @@ image_requests = st.builds(
 denoise_requests = st.builds(
     lambda model, images, png, encoding: inference_pb2.DenoiseRequest(model=model, images=images, png=png, encoding=encoding),
     names, tensors(), st.lists(st.binary(max_size=64), max_size=3), enums)
+encode_requests = st.builds(
+    lambda model, images, png, labels, reconstruct, encoding: inference_pb2.EncodeImagesRequest(
+        model=model, images=images, png=png, labels=labels, reconstruct=reconstruct, encoding=encoding),
+    names, tensors(), st.lists(st.binary(max_size=64), max_size=3),
+    st.lists(st.integers(-(1 << 31), (1 << 31) - 1), max_size=3), st.booleans(), enums)
 classify_requests = st.builds(
     lambda model, images, texts, top_k: inference_pb2.ClassifyRequest(model=model, images=images, texts=texts, top_k=top_k),
     names, tensors(), st.lists(st.text(max_size=20), max_size=3), st.integers(0, (1 << 32) - 1))
@@ -91,6 +96,7 @@ job_ids = st.sampled_from(["", "job-0000000000000000", "../x", "x" * 300]) | st.
 FUZZED = [
     ("/genserve.v1.InferenceService/GenerateImages", image_requests, False),
     ("/genserve.v1.InferenceService/Denoise", denoise_requests, False),
+    ("/genserve.v1.InferenceService/EncodeImages", encode_requests, False),
     ("/genserve.v1.InferenceService/Classify", classify_requests, False),
     ("/genserve.v1.InferenceService/CompleteText", text_requests, False),
     ("/genserve.v1.InferenceService/GenerateText", text_requests, True),

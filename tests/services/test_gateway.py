@@ -142,7 +142,7 @@ def test_models_are_listed_with_the_provider_a_worker_reported(gateway):
     assert names == ["cvae", "vae"]
     info = gateway.models.GetModel(models_pb2.GetModelRequest(model="vae"), timeout=5)
     assert info.execution_provider == "CPUExecutionProvider"
-    assert info.latent_dim == 4 and info.rpcs == ["GenerateImages"] and len(info.sha256) == 64
+    assert info.latent_dim == 4 and info.rpcs == ["GenerateImages", "EncodeImages"] and len(info.sha256) == 64
     assert math.isfinite(info.metrics["heldout_neg_elbo_nats"])
 
 

@@ -5,7 +5,7 @@ The manifest names the loop; `HANDLERS[(loop, op)]` is the code that runs it, on
 changes nothing here. Requests arrive validated by the gateway (services.validation); a
 handler trusts them and turns what still fails into an internal error of that request alone.
 
-    images.py               latent_sampler, image_to_image, image_classifier
+    images.py               latent_sampler (GenerateImages, EncodeImages), image_to_image, image_classifier
     text_classification.py  text_classifier
     text_generation.py      autoregressive (GenerateText, CompleteText, ScoreText)
     open_inference.py       the Open Inference Protocol's ModelInfer on the tensor loops
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from genserve.protocol import OPEN_INFERENCE_LOOPS, Loop, Op, Outcome
 from genserve.workers.batching import CallLog
-from genserve.workers.loops.images import classify_images, denoise, generate_images
+from genserve.workers.loops.images import classify_images, denoise, encode_images, generate_images
 from genserve.workers.loops.open_inference import infer_tensors
 from genserve.workers.loops.text_classification import classify_texts
 from genserve.workers.loops.text_generation import generate_text, score_text
@@ -27,6 +27,7 @@ Handler = Callable[[LoadedModel, list[dict[str, Any]], CallLog], list[Outcome]]
 
 HANDLERS: dict[tuple[Loop, Op], Handler] = {
     (Loop.LATENT_SAMPLER, Op.GENERATE_IMAGES): generate_images,
+    (Loop.LATENT_SAMPLER, Op.ENCODE_IMAGES): encode_images,
     (Loop.IMAGE_TO_IMAGE, Op.DENOISE): denoise,
     (Loop.IMAGE_CLASSIFIER, Op.CLASSIFY): classify_images,
     (Loop.TEXT_CLASSIFIER, Op.CLASSIFY): classify_texts,

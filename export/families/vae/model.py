@@ -3,7 +3,10 @@
 Read top to bottom: config, encoder and decoder bodies (an MLP, or convolutions with
 `arch="conv"`), encoder, decoder, the mixture prior, the model with its loss, then the spec the
 registry and exporter use. The serving graph is the prior followed by the decoder
-(z [, label] -> image); the encoder is exported too, for reconstructions and latent queries.
+(z [, label] -> image); the encoder (image [, label] -> mu, logvar) and the bare decoder
+(latent [, label] -> image, no prior in front) are exported too, for EncodeImages: the latent
+of an image is its posterior mean in the VAE's own latent space, and its reconstruction is
+decoder(mu), which for a mixture-prior model the serving graph cannot compute.
 
 With `prior_components` K > 0 the prior the model samples from is a Gaussian mixture fitted
 to the training digits' posterior means after training (ex-post density estimation, Ghosh et
@@ -242,19 +245,25 @@ class VAE(nn.Module):
 
 
 def vae_graphs(model: nn.Module) -> dict[str, GraphSpec]:
-    """Serving graph "model" (the decoder) and "encoder", with random example inputs."""
+    """Serving graph "model" (prior + decoder), "encoder" and the bare "decoder", with random
+    example inputs."""
     c: VAEConfig = model.config
 
-    def decoder_inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def sampler_inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         return {"z": torch.randn(batch, c.noise_dim, generator=g), **example_label(c, batch, g)}
+
+    def decoder_inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"latent": torch.randn(batch, c.latent_dim, generator=g), **example_label(c, batch, g)}
 
     def encoder_inputs(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         image = torch.rand(batch, c.channels, c.height, c.width, generator=g)  # (B, C, H, W)
         return {"image": image, **example_label(c, batch, g)}
 
     return {
-        "model": GraphSpec(Sampler(model.prior, model.decoder), decoder_inputs, ("image",)),
+        "model": GraphSpec(Sampler(model.prior, model.decoder), sampler_inputs, ("image",)),
         "encoder": GraphSpec(model.encoder, encoder_inputs, ("mu", "logvar")),
+        # the decoder alone: it decodes the encoder's mu (the serving graph's z is the prior's noise)
+        "decoder": GraphSpec(model.decoder, decoder_inputs, ("image",)),
     }
 
 

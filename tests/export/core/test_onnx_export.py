@@ -32,9 +32,13 @@ def export_tiny(config: VAEConfig, out_dir: Path):
 def test_unconditional_graphs_have_the_serving_signatures(
     tmp_path: Path, tiny_config: VAEConfig
 ) -> None:
-    """model: z -> image, encoder: image -> mu, logvar; float32, dynamic batch as -1."""
+    """model: z -> image, encoder: image -> mu, logvar, decoder: latent -> image; float32,
+    dynamic batch as -1."""
     result = export_tiny(tiny_config, tmp_path)
-    assert result.paths == {"model": tmp_path / "model.onnx", "encoder": tmp_path / "encoder.onnx"}
+    assert result.paths == {"model": tmp_path / "model.onnx", "encoder": tmp_path / "encoder.onnx",
+                            "decoder": tmp_path / "decoder.onnx"}
+    assert signature(result.inputs["decoder"]) == [("latent", [-1, 4], "float32")]
+    assert signature(result.outputs["decoder"]) == [("image", [-1, 1, 28, 28], "float32")]
     assert signature(result.inputs["model"]) == [("z", [-1, 4], "float32")]
     assert signature(result.outputs["model"]) == [("image", [-1, 1, 28, 28], "float32")]
     assert signature(result.inputs["encoder"]) == [("image", [-1, 1, 28, 28], "float32")]

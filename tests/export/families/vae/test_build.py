@@ -26,7 +26,7 @@ def test_build_publishes_a_verifiable_manifest(tmp_path: Path, tiny_config: VAEC
     assert version_dir == tmp_path / "vae" / "1"
     manifest = ModelRepository(tmp_path).resolve("vae")
     assert (manifest.kind, manifest.loop, manifest.version) == ("vae", "latent_sampler", "1")
-    for role, name in (("model", "model.onnx"), ("encoder", "encoder.onnx")):
+    for role, name in (("model", "model.onnx"), ("encoder", "encoder.onnx"), ("decoder", "decoder.onnx")):
         assert manifest.files[role].path == name
         assert manifest.files[role].sha256 == sha256_file(version_dir / name)
     assert [t.name for t in manifest.files["model"].inputs] == ["z"]
@@ -39,7 +39,7 @@ def test_build_publishes_a_verifiable_manifest(tmp_path: Path, tiny_config: VAEC
         "heldout_kl_nats",
     }
     assert all(math.isfinite(v) and v > 0 for v in manifest.metrics.values())
-    assert set(manifest.parity) == {"model", "encoder"} and max(manifest.parity.values()) < 1e-4
+    assert set(manifest.parity) == {"model", "encoder", "decoder"} and max(manifest.parity.values()) < 1e-4
     assert manifest.training["n_train"] + manifest.training["n_heldout"] == 200
     assert manifest.training["epochs"] == 2 and manifest.training["seed"] == 0
     assert {"torch", "onnx", "onnxruntime", "genserve"} <= set(manifest.tools)
@@ -111,6 +111,7 @@ def test_mixture_prior_model_serves_one_more_latent_entry(tmp_path: Path) -> Non
     manifest = ModelRepository(tmp_path).resolve("vae")
     assert manifest.latent_dim == 5 and manifest.files["model"].inputs[0].shape == [-1, 5]
     assert manifest.files["encoder"].outputs[0].shape == [-1, 4]
+    assert manifest.files["decoder"].inputs[0].shape == [-1, 4]  # the bare decoder: no prior in front
     assert "heldout_neg_elbo_mixture_prior_nats" in manifest.metrics
     assert "Gaussian mixture" in manifest.training["prior"]
     assert max(manifest.parity.values()) < 1e-4
