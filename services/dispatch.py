@@ -63,13 +63,12 @@ class Dispatcher:
             outcome = await self._alone(batcher, manifest.ref, op, request, samples)
             if outcome is None:
                 future = batcher.submit(request, samples, time.time() + timeout_s)
-                try:
-                    outcome = await asyncio.wait_for(future, timeout=timeout_s)
-                except asyncio.TimeoutError as exc:
+                if not await _until(future, timeout_s):
                     raise DeadlineExceededError(
                         f"no result from {manifest.ref} within the deadline ({timeout_s:.3f} s); "
                         "its workers may be busy or down"
-                    ) from exc
+                    )
+                outcome = future.result()
         finally:
             self._submitting -= 1
         if not outcome["ok"]:
@@ -121,3 +120,27 @@ class Dispatcher:
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
         await self.backend.close()
+
+
+async def _until(future: asyncio.Future, timeout_s: float) -> bool:
+    """Await `future` itself (no `wait_for` around it: one turn of the event loop less per
+    answer); at the timeout it is cancelled (the batcher frees its place) and False returned.
+    A cancellation of the caller propagates as usual."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not future.done():
+            expired = True
+            future.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        await future
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        return False
+    finally:
+        timer.cancel()
+    return True

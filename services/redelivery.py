@@ -44,21 +44,41 @@ class LostMessageWatch:
 
     async def wait(self, future: asyncio.Future, queue: str, message: bytes, result_key: str,
                    deadline: float) -> Any:
-        """The future's result; asyncio.TimeoutError at the deadline."""
-        sent_at, absent = time.time(), 0
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), min(remaining, self.INTERVAL_S))
-            except asyncio.TimeoutError:
-                pass
-            if time.time() - sent_at < self.CHECK_AFTER_S:
-                continue
+        """The future's result; asyncio.TimeoutError at the deadline.
+
+        The caller awaits the future itself, nothing wrapped around it (each wrapper, a
+        `wait_for` or a `shield`, costs every answer another turn of the event loop): a timer
+        fails it at the deadline, and another starts the look-out for a lost message in the
+        background once the message is `CHECK_AFTER_S` old."""
+        loop = asyncio.get_running_loop()
+
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(asyncio.TimeoutError())
+
+        watching: list[asyncio.Task] = []
+
+        def watch() -> None:
+            if not future.done():
+                watching.append(loop.create_task(self._watch(future, queue, message, result_key)))
+
+        timers = [loop.call_later(max(0.0, deadline - time.time()), expire),
+                  loop.call_later(self.CHECK_AFTER_S, watch)]
+        try:
+            return await future
+        finally:
+            for timer in timers:
+                timer.cancel()
+            for task in watching:
+                task.cancel()
+
+    async def _watch(self, future: asyncio.Future, queue: str, message: bytes, result_key: str) -> None:
+        """Until the future is done: look every INTERVAL_S; absent twice in a row, send again."""
+        absent = 0
+        while not future.done():
             try:
                 absent = absent + 1 if not await self._present(queue, message, result_key) else 0
-                if absent >= 2:
+                if absent >= 2 and not future.done():
                     await self._broker.rpush(queue, message)  # the consuming end: taken next
                     self.republished += 1
                     absent = 0
@@ -66,6 +86,7 @@ class LostMessageWatch:
                                 "result): sent again to %s", result_key, queue)
             except Exception as exc:  # the broker away: the deadline or a reconnect decides
                 log.debug("looking for message %s failed: %s", result_key, exc)
+            await asyncio.sleep(self.INTERVAL_S)
 
     async def _present(self, queue: str, message: bytes, result_key: str) -> bool:
         tag = json.loads(message)["properties"]["delivery_tag"]
