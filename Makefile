@@ -47,6 +47,7 @@ bench: install models
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.text
 	GENSERVE_MODEL_REPOSITORY=$(REPO) $(BIN)/python -m bench.textclf
+	$(BIN)/python -m bench.worker_drain --repository $(REPO)
 
 ## bench-peers: genserve through Redis and embedded beside KServe 0.21's ModelServer on the same
 ## VAE graph, one load client, rounds interleaved in one run; bench_results/peers.{md,json}.
