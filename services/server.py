@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from genserve.heap import freeze_startup
 from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
 from genserve.services import auth
@@ -143,6 +144,7 @@ async def create_server(settings: Settings, dispatcher: Dispatcher | None = None
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
     gateway = await create_server(settings)
+    freeze_startup()  # no full garbage-collector pass walks start-up's objects again (genserve/heap.py)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

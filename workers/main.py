@@ -58,6 +58,12 @@ def run_worker(settings: Settings) -> int:
                                                processes=concurrency if pool == "prefork" else 1)
     # batch-job chunks, beside the online tasks, with leases and failover like theirs
     start_bulk_consumer(app, settings, bulk_queues(settings), keeper, failover)
+    from celery.signals import worker_ready
+
+    from genserve.heap import freeze_startup
+
+    # consuming: no full garbage-collector pass walks start-up's objects again (genserve/heap.py)
+    worker_ready.connect(lambda **_: freeze_startup(), weak=False, dispatch_uid="genserve-heap")
     try:
         app.worker_main([
             "worker", "--queues", ",".join(queues), "--pool", pool,

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from genserve.errors import ModelNotReadyError
+from genserve.heap import freeze_loaded
 from genserve.repository import Manifest, ModelRepository
 from genserve.settings import WorkerSettings
 from genserve.workers import metrics
@@ -168,6 +169,7 @@ class ModelCache:
             raise ModelNotReadyError(f"{manifest.ref}: ONNX Runtime could not load {manifest.files[role].path} "
                                      f"({type(exc).__name__}); see the worker log") from exc
         metrics.model_loaded(manifest.ref, time.perf_counter() - started)
+        freeze_loaded()  # the session lives as long as the process (genserve/heap.py)
         if self.settings.max_batch_size > 0:
             manifest.serving.max_batch_size = self.settings.max_batch_size
         return LoadedModel(manifest, model, directory=path.parent, streams=self.streams, settings=self.settings,
