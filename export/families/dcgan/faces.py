@@ -15,10 +15,9 @@ from genserve.export.core.options import BuildOptions, RunOptions
 from genserve.export.core.publishing import publish_model, training_record
 from genserve.export.data.faces import describe_faces, load_faces, load_nonfaces, split_faces
 from genserve.export.families.dcgan.build import (
-    BETAS,
-    LR,
     METRIC_SAMPLES,
     draw,
+    optimizer,
     stabilisation,
     train_gan,
 )
@@ -63,8 +62,8 @@ def build_faces(
     training = training_record(
         describe_faces(data_path), len(x_train), len(x_held),
         f"random {FACE_HELDOUT_FRACTION:.0%}, seed {seed}", result,
-        augmentation="horizontal mirror images", batch_size=batch_size, lr=LR,
-        optimizer=f"Adam, betas {BETAS}", seed=seed,
+        augmentation="horizontal mirror images", batch_size=batch_size, lr=config.lr,
+        optimizer=optimizer(config), seed=seed,
         stabilisation=stabilisation(config), metric_samples=metric_samples,
     )
     return publish_model(

@@ -52,13 +52,20 @@ class GANConfig:
     num_classes: int = 0  # 0: unconditional; K > 0: G takes a one-hot label, D projects it
     label_from_latent: bool = False  # with num_classes: no label input, z[:, 0] picks the class
     aux_classes: int = 0  # K > 0: D also classifies real images into K classes (needs labels)
-    aux_weight: float = 1.0  # weight of the auxiliary classification losses
+    aux_weight: float = 1.0  # weight of the auxiliary classification loss on D (real images)
+    aux_weight_g: float | None = None  # weight of G's (its fakes as their class); None: aux_weight
     real_label: float = 0.9  # one-sided label smoothing: D's target for real images
     average_decay: float = 0.995  # EMA of G's weights per step: ~200 steps of memory
+    average_start: int = 0  # G's steps before the average starts; until then it copies G
+    lr: float = 1e-3  # Adam's for G; 2e-4 (the DCGAN paper's) learned 2-3x slower per step here
+    d_lr_scale: float = 1.0  # D's learning rate is lr times this (two time-scale update rule)
+    betas: tuple[float, float] = (0.5, 0.999)  # the DCGAN paper's Adam: a short momentum memory
     loss: str = "bce"  # "bce": non-saturating BCE; "hinge": hinge loss (Lim & Ye 2017; real_label unused)
     minibatch_std: bool = False  # D sees its features' std over the batch (Karras et al. 2018)
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (augment.py)
     clusters: bool = False  # label-free: the classes are k-means clusters of the training images
+    cluster_shares: bool = False  # with clusters: z[:, 0] picks a cluster as often as the data has it
+    class_weights: tuple[float, ...] = ()  # with label_from_latent: each class's share; (): equal
 
     @property
     def base(self) -> tuple[int, int]:
@@ -66,11 +73,15 @@ class GANConfig:
         return -(-self.height // 4), -(-self.width // 4)
 
 
-def class_of(z: torch.Tensor, classes: int) -> torch.Tensor:
+def class_of(z: torch.Tensor, classes: int, weights: tuple[float, ...] = ()) -> torch.Tensor:
     """The class a latent picks when the class is part of the latent: z[:, 0] through the normal
-    CDF, cut into `classes` equal slices, so z ~ N(0, I) picks every class with probability 1/K."""
+    CDF, cut into `classes` equal slices, so z ~ N(0, I) picks every class with probability 1/K;
+    with `weights` (K shares summing to 1) the slices are that wide instead."""
     u = 0.5 * (1.0 + torch.erf(z[:, 0] / math.sqrt(2.0)))  # (B,) uniform in (0, 1)
-    return torch.clamp((u * classes).long(), max=classes - 1)  # (B,) int64
+    if not weights:
+        return torch.clamp((u * classes).long(), max=classes - 1)  # (B,) int64
+    edges = torch.tensor(weights, dtype=u.dtype).cumsum(0)[:-1]  # (K - 1,) inner slice ends
+    return (u.unsqueeze(1) >= edges).sum(dim=1)  # (B,) int64: the edges below u
 
 
 def down_size(n: int) -> int:
@@ -103,7 +114,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         if c.label_from_latent:
-            label = class_of(z, c.num_classes)  # (B,)
+            label = class_of(z, c.num_classes, tuple(c.class_weights))  # (B,)
         h = self.project(with_label(z, label, c.num_classes))  # (B, 2F * h0 * w0)
         logits = self.body(h.view(-1, 2 * c.features, *c.base))  # (B, C, 4 h0, 4 w0)
         top = (logits.shape[2] - c.height) // 2  # centre crop when H is not a multiple of 4
@@ -204,14 +215,18 @@ class GAN(nn.Module):
         else:
             loss = F.binary_cross_entropy_with_logits(on_fake, torch.ones_like(on_fake))
         if d.classifier is not None and c.num_classes:
-            loss = loss + c.aux_weight * F.cross_entropy(d.classifier(h), fake_class)
+            weight = c.aux_weight if c.aux_weight_g is None else c.aux_weight_g
+            loss = loss + weight * F.cross_entropy(d.classifier(h), fake_class)
         return loss
 
     @torch.no_grad()
-    def update_average(self) -> None:
-        """average <- decay * average + (1 - decay) * generator, parameters only."""
+    def update_average(self, step: int | None = None) -> None:
+        """average <- decay * average + (1 - decay) * generator, parameters only; at G's step
+        `step` (counted from 1) before `average_start`, average <- generator."""
+        c = self.config
+        weight = 1.0 if step is not None and step <= c.average_start else 1.0 - c.average_decay
         for mean, live in zip(self.average.parameters(), self.generator.parameters(), strict=True):
-            mean.lerp_(live, 1.0 - self.config.average_decay)
+            mean.lerp_(live, weight)
 
     @torch.no_grad()
     def sample(

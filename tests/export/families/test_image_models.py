@@ -95,6 +95,32 @@ def test_gan_losses_are_finite_and_the_average_follows_the_generator() -> None:
     assert all(m == pytest.approx(1.0 - gan.config.average_decay, abs=1e-6) for m in moved)
 
 
+def test_the_average_copies_the_generator_until_average_start() -> None:
+    """Before average_start G's steps the EMA is G itself; after it, it moves by 1 - decay."""
+    gan = GAN(GANConfig(latent_dim=8, features=4, average_start=3))
+    for step, expected in [(3, 1.0), (4, 1.0 - gan.config.average_decay)]:
+        with torch.no_grad():
+            for p in gan.generator.parameters():
+                p.add_(1.0)
+        before = [p.clone() for p in gan.average.parameters()]
+        gan.update_average(step)
+        target = [live - old for live, old in zip(gan.generator.parameters(), before)]
+        moved = [((a - o) / t).mean().item() for a, o, t in zip(gan.average.parameters(), before, target)]
+        assert all(m == pytest.approx(expected, abs=1e-5) for m in moved)
+
+
+def test_generator_and_discriminator_weigh_the_auxiliary_loss_apart() -> None:
+    """aux_weight_g scales only G's classification loss; aux_weight keeps D's."""
+    torch.manual_seed(0)
+    base = GAN(GANConfig(latent_dim=8, features=4, num_classes=10, aux_classes=10)).eval()
+    heavy = GAN(GANConfig(latent_dim=8, features=4, num_classes=10, aux_classes=10, aux_weight_g=3.0)).eval()
+    heavy.load_state_dict(base.state_dict())
+    real, label = torch.rand(6, 1, 28, 28), torch.arange(6)
+    fake = base.generator(torch.randn(6, 8), label).detach()
+    aux = torch.nn.functional.cross_entropy(base.discriminator.classifier(base.discriminator.features(fake)), label)
+    assert heavy.d_loss(real, fake, label, label).item() == pytest.approx(base.d_loss(real, fake, label, label).item(), abs=1e-5)
+    assert (heavy.g_loss(fake, label) - base.g_loss(fake, label)).item() == pytest.approx(2.0 * aux.item(), abs=1e-4)
+
 def test_a_class_mixture_reads_every_class_equally_often_from_z() -> None:
     """class_of(z) is uniform over the classes for z ~ N(0, I); the mixture's G takes z alone."""
     z = torch.randn(50_000, 8, generator=torch.Generator().manual_seed(0))
@@ -148,3 +174,17 @@ def test_cluster_labels_are_balanced_enough_and_reproducible() -> None:
     images = torch.rand(200, 1, 28, 28).numpy()
     a, b = cluster_labels(images, 5, seed=0), cluster_labels(images, 5, seed=0)
     assert (a == b).all() and set(a.tolist()) == set(range(5))
+
+
+def test_class_weights_set_how_often_z_picks_each_class() -> None:
+    """With class_weights, class_of(z) picks class k with probability weights[k], in the
+    served graph too (shares() measures them from labels)."""
+    from genserve.export.families.dcgan.build import shares
+
+    weights = shares(torch.tensor([0] * 5 + [1] * 2 + [2] * 3).numpy(), 3)
+    assert weights == pytest.approx((0.5, 0.2, 0.3))
+    z = torch.randn(50_000, 8, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(class_of(z, 3, weights), minlength=3).double() / len(z)
+    assert counts.tolist() == pytest.approx([0.5, 0.2, 0.3], abs=0.01)
+    gan = GAN(GANConfig(latent_dim=8, features=4, num_classes=3, label_from_latent=True, class_weights=weights))
+    assert gan.generator(z[:4]).shape == (4, 1, 28, 28)
