@@ -47,7 +47,9 @@ GATEWAY_HOOKS = [
     ("genserve.services.backends.local", "LocalBackend.run", "gw: handing to the worker code", None),
 ]
 WORKER_HOOKS = [
-    ("kombu.transport.redis", "Channel._brpop_read", "wk: BRPOP reply read", None),
+    # kombu's BRPOP read also returns on timeouts, so its n-th stamp is not the n-th request's:
+    # the worker's first stamp is the receipt (workers/receipts.py), sent as the message arrives.
+    ("genserve.workers.receipts", "_read_ready", "wk: message received, receipt sent", None),
     ("kombu.transport.redis", "QoS.append", "wk: unacked ZADD+HSET", "wk: unacked stored"),
     ("genserve.workers.failover", "Failover.own", "wk: owner check (OWN script)", "wk: owned"),
     ("genserve.workers.tasks", "execute", "wk: task body started", "wk: task body returned"),
