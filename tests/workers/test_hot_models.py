@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -38,8 +39,15 @@ def test_worker_serves_a_model_published_after_it_started(tmp_path: Path, redis_
 
             tiny_vae(repository, "hot")  # version 2: same queue, resolved per message
             assert np.array_equal(generate(gateway, "hot:1"), first), "a pinned version keeps serving"
-            latest = gateway.inference.GenerateImages(
-                inference_pb2.GenerateImagesRequest(model="hot", count=1, seed=7), timeout=30)
+            # The bare name moves to the new version once the gateway's view of the repository
+            # is renewed: within manifest_ttl_s (2 s) of its last scan, as documented.
+            deadline = time.monotonic() + gateway.settings.gateway.manifest_ttl_s + 5
+            while True:
+                latest = gateway.inference.GenerateImages(
+                    inference_pb2.GenerateImagesRequest(model="hot", count=1, seed=7), timeout=30)
+                if latest.model == "hot:2" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert latest.model == "hot:2"
 
             listed = gateway.models.ListModels(models_pb2.ListModelsRequest(), timeout=10).models
