@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.hops import cpu_seconds
+from bench.peers import machine
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_env(tree: Path) -> dict[str, str]:
@@ -128,8 +126,7 @@ def main() -> None:
     finally:
         for stack in stacks:
             stack.close()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = machine(load_before)["cpu"]
     print(f"\n# A: {args.a} {' '.join(args.a_env)}; B: {ROOT} {' '.join(args.b_env)}\n")
     print(f"{cpu}, {os.cpu_count()} cores; load average {load_before} before, "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after; {args.rounds} rounds of {args.duration:g} s, medians\n")

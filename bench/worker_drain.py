@@ -25,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.hops import cpu_seconds
+from bench.peers import machine
+
 VARIANTS = {"kombu's round trips (receipts off)": {"GENSERVE_WORKER__RECEIPTS": "false"},
             "receipts (default)": {"GENSERVE_WORKER__RECEIPTS": "true"}}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drain(repository: Path, model: str, messages: int, env_extra: dict[str, str]) -> dict[str, float]:
@@ -116,8 +114,7 @@ def main() -> None:
             results[name].append(point)
             print(f"round {r} {name}: {point['msg_s']:.0f} msg/s, worker CPU {point['cpu_ms']:.3f} ms/message, "
                   f"{point['answered']} answered, {point['left_unacked']} left unacked", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = machine(load_before)["cpu"]
     print(f"\n# one solo worker draining {args.messages} queued one-sample messages ({args.model})\n")
     print(f"{cpu}, {os.cpu_count()} cores; load average {load_before} before, "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after; {args.rounds} rounds, median\n")

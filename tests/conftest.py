@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,6 +81,20 @@ class WorkerProcess:
         return self.log.read()
 
 
+@contextlib.contextmanager
+def served_through_redis(repo: Path, redis_url: str, name: str, model: str) -> Iterator[GatewayThread]:
+    """A gateway and a `genserve worker` process on a private queue prefix `test-<name>-...`,
+    yielded once `model` is served through Redis; both stopped after."""
+    prefix = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    process = WorkerProcess(repo, redis_url, prefix)
+    try:
+        with GatewayThread(distributed_settings(repo, redis_url, prefix)) as running:
+            running.wait_for_model(model)
+            yield running
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="session")
 def worker(repo: Path, redis_url: str, queue_prefix: str) -> Iterator[WorkerProcess]:
     process = WorkerProcess(repo, redis_url, queue_prefix)
@@ -112,11 +127,5 @@ def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def image_gateway(image_repo: Path, redis_url: str) -> Iterator[GatewayThread]:
     """A gateway and a `genserve worker` process serving the tiny image models through Redis."""
-    prefix = f"test-images-{uuid.uuid4().hex[:8]}"
-    process = WorkerProcess(image_repo, redis_url, prefix)
-    try:
-        with GatewayThread(distributed_settings(image_repo, redis_url, prefix)) as running:
-            running.wait_for_model("gan")
-            yield running
-    finally:
-        process.stop()
+    with served_through_redis(image_repo, redis_url, "images", "gan") as running:
+        yield running

@@ -73,10 +73,6 @@ def ack_with_result(enabled: bool) -> None:
     _state["ack_with_result"] = enabled
 
 
-def owns_in_receipt() -> bool:
-    return bool(_state["owners"])
-
-
 def install() -> None:
     """Patch kombu's Redis QoS.append and QoS.ack once per process (idempotent)."""
     from kombu.transport import redis as kombu_redis
@@ -105,7 +101,7 @@ def install() -> None:
                                         _state["alive"])
             except Exception as exc:  # a broken dedicated connection: kombu's own (waited) path
                 log.warning("receipt of message %s not sent (%s); recording it the blocking way", tag, exc)
-                _drop_connection(self)
+                _broken(_connections.get(id(self)), exc)
                 return append(self, message, delivery_tag)
             _pending.append((connection, task_id, tag))
             _tags[task_id] = (tag, self.unacked_index_key, self.unacked_key)
@@ -188,13 +184,6 @@ def _connection(qos: Any) -> Any:
     return connection
 
 
-def _drop_connection(qos: Any) -> None:
-    connection = _connections.pop(id(qos), None)
-    if connection is not None:
-        _fail_pending(connection, "its connection was dropped")
-        connection.disconnect()
-
-
 def _read_ready() -> None:
     """Read the replies that have arrived, without waiting (keeps the backlog short)."""
     while _pending:
@@ -231,9 +220,13 @@ def _read_one() -> None:
 def _broken(connection: Any, exc: Exception) -> None:
     """Replies lost with their connection: whether those messages were recorded is unknown
     (a worker that dies now leaves them to the gateway's watch); each runs as owned."""
-    log.warning("receipts connection lost (%s): %d message(s) may be unrecorded", exc,
-                sum(1 for c, _, _ in _pending if c is connection))
-    _fail_pending(connection, str(exc))
+    if connection is None:
+        return
+    kept = [entry for entry in _pending if entry[0] is not connection]
+    if len(kept) < len(_pending):
+        log.warning("receipts connection lost (%s): %d message(s) may be unrecorded", exc, len(_pending) - len(kept))
+    _pending.clear()
+    _pending.extend(kept)
     for key, value in list(_connections.items()):
         if value is connection:
             del _connections[key]
@@ -242,8 +235,3 @@ def _broken(connection: Any, exc: Exception) -> None:
     except Exception:
         pass
 
-
-def _fail_pending(connection: Any, why: str) -> None:
-    kept = [entry for entry in _pending if entry[0] is not connection]
-    _pending.clear()
-    _pending.extend(kept)

@@ -52,15 +52,14 @@ class ResultListener(PubSubReader):
         super().__init__(client, "gateway")
         self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
         self._last_sweep = time.monotonic()
-        self._token = uuid.uuid4().hex[:16]  # this gateway process's prefix of task ids
-        self.token = self._token
+        self.token = uuid.uuid4().hex[:16]  # this gateway process's prefix of task ids
         self._ids = itertools.count()
-        self._prefix = f"{RESULT_PREFIX}{self._token}_"
+        self._prefix = f"{RESULT_PREFIX}{self.token}_"
         self._to_delete: list[str] = []  # results read, deleted by the next `_delete_read`
 
     def new_task_id(self) -> str:
         """A task id whose result this listener receives without a subscription of its own."""
-        return f"{self._token}_{next(self._ids):x}"
+        return f"{self.token}_{next(self._ids):x}"
 
     async def _start(self) -> None:
         await self._pubsub.psubscribe(self._prefix + "*")  # opens the connection, before any publish of ours

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +25,7 @@ from genserve.repository import MANIFEST, ModelRepository
 from genserve.settings import GatewaySettings, LimitSettings, Settings
 from genserve.tensors import from_proto, png_decode, to_proto
 from genserve.v1 import inference_pb2, models_pb2
-from tests.conftest import WorkerProcess, distributed_settings
+from tests.conftest import served_through_redis
 from tests.support import TINY_DIGITS, GatewayThread
 
 pytestmark = pytest.mark.integration
@@ -72,14 +71,8 @@ def encode_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def distributed(encode_repo: Path, redis_url: str) -> Iterator[GatewayThread]:
     """A gateway and a `genserve worker` process on a private queue prefix, through Redis."""
-    prefix = f"test-encode-{uuid.uuid4().hex[:8]}"
-    process = WorkerProcess(encode_repo, redis_url, prefix)
-    try:
-        with GatewayThread(distributed_settings(encode_repo, redis_url, prefix)) as running:
-            running.wait_for_model("mvae")
-            yield running
-    finally:
-        process.stop()
+    with served_through_redis(encode_repo, redis_url, "encode", "mvae") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
