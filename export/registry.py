@@ -38,6 +38,7 @@ class Family:
     summary: str  # one line for `genserve export --help`
     conditional: str | None = None  # default repository name of the --conditional variant
     in_zoo: bool = True  # built by scripts/models.sh (the variant too, when there is one)
+    judged: bool = False  # its build scores samples with the `digits` judge (export/zoo.py builds it first)
     hf_architecture: str | None = None  # the Hugging Face architecture `genserve import-hf` maps to it
     hf_importer: str | None = None  # "module:function" publishing that architecture
     hf_takes_data: bool = False  # its importer can score labelled held-out texts (--data)
@@ -54,13 +55,16 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("digits", f"{_FAMILIES}.digits.model:CNN_SPEC", f"{_FAMILIES}.digits.build:build",
            "small CNN digit classifier; judges the digit generators"),
     Family("vae", f"{_FAMILIES}.vae.model:VAE_SPEC", f"{_FAMILIES}.vae.build:build",
-           "VAE on the digits, mixture prior (--conditional: class-conditional, cvae)", conditional="cvae"),
+           "VAE on the digits, mixture prior (--conditional: class-conditional, cvae)", conditional="cvae",
+           judged=True),
     Family("dae", f"{_FAMILIES}.dae.model:DAE_SPEC", f"{_FAMILIES}.dae.build:build",
            "convolutional denoising autoencoder on noisy/clean digits"),
     Family("gan", f"{_FAMILIES}.dcgan.model:DCGAN_SPEC", f"{_FAMILIES}.dcgan.build:build",
-           "digit DCGAN trained without labels (--conditional: class-conditional, cgan)", conditional="cgan"),
+           "digit DCGAN trained without labels (--conditional: class-conditional, cgan)", conditional="cgan",
+           judged=True),
     Family("gan-mixture", f"{_FAMILIES}.dcgan.model:DCGAN_SPEC", f"{_FAMILIES}.dcgan.build:build_mixture",
-           "digit DCGAN, a class mixture trained with labels; serves z only", in_zoo=False),
+           "digit DCGAN, a class mixture trained with labels; serves z only", in_zoo=False,
+           judged=True),
     Family("faces", f"{_FAMILIES}.dcgan.model:DCGAN_SPEC", f"{_FAMILIES}.dcgan.faces:build",
            "face DCGAN on LFW's 25x25 faces (--data: a folder of face images)"),
     Family("gpt", f"{_FAMILIES}.gpt.model:GPT_SPEC", f"{_FAMILIES}.gpt.build:build",
