@@ -27,7 +27,7 @@ from pathlib import Path
 
 from genserve.export.registry import FAMILIES, zoo
 
-JUDGE = "digits"
+JUDGE = "digits"  # genserve.export.metrics.judge.JUDGE, which imports torch; the registry's first family
 # Whole-build seconds of each zoo model on 2 idle cores (2026-12-02, two threads, one build at a
 # time): the order builds start in, longest first, so that the last one to start is short.
 BUILD_SECONDS = {"gpt": 246, "gan": 122, "cgan": 107, "textclf": 96, "faces": 50, "cvae": 42,
@@ -47,7 +47,7 @@ class Build:
 
 def zoo_builds(names: list[str] | None = None) -> list[Build]:
     """The zoo's builds in the registry's order, or only those named."""
-    builds = [Build(line.split()[0], line.split()[1:]) for line in zoo()]
+    builds = [Build(name, args) for name, *args in map(str.split, zoo())]
     if names:
         unknown = sorted(set(names) - {b.name for b in builds})
         if unknown:
@@ -135,10 +135,10 @@ def build_zoo(names: list[str] | None, repo: Path, checkpoints: Path, jobs: int,
     while queue or runner.running:
         while queue and len(runner.running) < jobs and not runner.failed:
             runner.start(queue.pop(0))
-        if runner.failed:
-            queue.clear()
         if runner.running:
             runner.wait_one()
+        if runner.failed:
+            queue.clear()
     built = len(first) + len(rest) - len(runner.failed)
     print(f"== zoo: {built} built, {len(runner.failed)} failed, in {time.monotonic() - started:.0f} s "
           f"({jobs} at a time on {cores} cores)", flush=True)
