@@ -19,6 +19,12 @@ small (2,048 by default: 3.6 bytes per token) because 465 kB cannot train a larg
 table; measured with the default GPT's 1,200 steps, 1,024 tokens (2.9 bytes per token) gave
 2.00 bits per byte held out against 1.93 and 512 tokens 2.28 (at 400 steps 2,048 had been
 0.08 worse than 1,024: more bytes per token pays once the embeddings are trained longer).
+Training-only prose: with the default corpus, the docstrings of the standard library's own
+modules (`stdlib_docstrings`: the module, class and method docstrings of at least
+DOCSTRING_MIN_CHARS characters, tests excluded; about 2,400 documents and 1.3 MB on Python 3.12)
+are added to the training documents, never to the held-out ones. They are the same kind of
+English about Python, from another source (none of the held-out topics' 8-word shingles occurs
+in them, measured); the held-out split and its score stay those of the topics alone.
 Documents are joined with the special token `<|endoftext|>` (GPT-2's
 convention), which the model learns to emit at the end of a document: the serving loop
 stops there (finish reason EOS).
@@ -26,8 +32,10 @@ stops there (finish reason EOS).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOS = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
+DOCSTRING_MIN_CHARS = 200  # shorter docstrings are mostly one-line summaries and signatures
+SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,49 @@ def load_corpus(path: Path | None = None) -> list[Document]:
     if not docs:
         raise ValueError(f"no text in {path}: give a UTF-8 text file or a directory of {TEXT_SUFFIXES} files")
     return docs
+
+
+def stdlib_docstrings(min_chars: int = DOCSTRING_MIN_CHARS, root: Path | None = None) -> list[Document]:
+    """Docstrings of the standard library's modules, their classes and the functions defined in
+    either (not nested ones), of at least `min_chars` characters, as documents named
+    `module.py:Qualified.name`; sorted by path, so deterministic for one Python install."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    docs: list[Document] = []
+    for path in sorted(root.rglob("*.py")):
+        if SKIPPED_STDLIB_DIRS.intersection(path.relative_to(root).parts[:-1]):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):  # a file the parser refuses is skipped
+            continue
+        name = str(path.relative_to(root))
+        todo: list[tuple[str, ast.AST]] = [("", tree)]
+        while todo:
+            prefix, node = todo.pop(0)
+            text = ast.get_docstring(node, clean=True)
+            if text and len(text) >= min_chars:
+                docs.append(Document(f"{name}:{prefix}" if prefix else name, text))
+            if isinstance(node, (ast.Module, ast.ClassDef)):
+                todo.extend(
+                    (f"{prefix}.{child.name}" if prefix else child.name, child)
+                    for child in node.body
+                    if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                )
+    return docs
+
+
+def training_prose(data_path: Path | None, limit: int | None) -> list[Document]:
+    """The training-only documents added to a split: the standard library's docstrings when the
+    default corpus is used whole (neither your own text nor a `limit` run gets them)."""
+    return stdlib_docstrings() if data_path is None and limit is None else []
+
+
+def describe_docstrings(docs: list[Document]) -> str:
+    """One line for the manifest: the training-only docstrings' count, size and digest."""
+    digest = hashlib.sha256("\0".join(d.text for d in docs).encode()).hexdigest()[:16]
+    size = sum(len(d.text.encode()) for d in docs)
+    return (f"docstrings of the Python {sys.version_info.major}.{sys.version_info.minor} standard library "
+            f"(>= {DOCSTRING_MIN_CHARS} characters): {len(docs)} documents, {size} bytes, sha256 {digest}")
 
 
 def describe_corpus(path: Path | None, docs: list[Document]) -> str:

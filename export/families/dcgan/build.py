@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DIGIT_EPOCHS = 36  # 2,520 steps; 24 -> 36: gan FD 35.7 -> 29.0, cgan FD 27.8 -> 20.6 (README)
 DEFAULT_BATCH_SIZE = 64
 METRIC_SAMPLES = 2000  # generated images the metrics compare with the real ones
+# Training runs in channels-last layout (NHWC): oneDNN's convolutions and batch norm skip the
+# layout reorders they need around every NCHW tensor. Measured per step on one thread: 2-core
+# Intel Xeon (AVX-512) 134-144 vs 197-204 ms; 2-core AMD EPYC (AVX2), cgan, 40 steps + the
+# recalibration, two rounds: 227 / 286 vs 331 / 302 ms, the same losses to 1e-3. The weights
+# are the same numbers in another memory order; they go back to NCHW before the export.
+TRAINING_LAYOUT = torch.channels_last
 RECALIBRATE_BATCHES = 40  # batches of 250 z's to re-estimate batch-norm statistics
 # The default digit GAN never sees a label: it is self-conditioned (Liu et al. 2020) on
 # DIGIT_CLUSTERS k-means clusters of the training digits' pixels, which it reads from z[:, 0]
@@ -86,11 +92,12 @@ def train_gan(
         train_labels = cluster_labels(train_images, config.num_classes, seed)
         if config.cluster_shares:
             config = replace(config, class_weights=shares(train_labels, config.num_classes))
-    gan = init_module(GAN, config, seed)
+    gan = init_module(GAN, config, seed).to(memory_format=TRAINING_LAYOUT)
     betas = tuple(config.betas)
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=config.lr * config.d_lr_scale, betas=betas)
     opt_g = torch.optim.Adam(gan.generator.parameters(), lr=config.lr, betas=betas)
     images = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
+    images = images.contiguous(memory_format=TRAINING_LAYOUT)
     labels = torch.from_numpy(train_labels.astype(np.int64)) if needs_labels(config) else None
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
@@ -115,6 +122,7 @@ def train_gan(
     result = fit(gan, {"d": opt_d, "g": opt_g}, step, len(images), epochs=epochs,
                  batch_size=batch_size, seed=seed, settings=settings,
                  checkpoint_dir=checkpoint_dir, desc=desc, progress=progress)
+    gan.to(memory_format=torch.contiguous_format)  # the exported graph and its parity check: NCHW
     recalibrate(gan, seed)
     return result
 
