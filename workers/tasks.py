@@ -20,7 +20,7 @@ from celery.exceptions import Ignore
 
 from genserve.errors import InvalidArgumentError
 from genserve.protocol import TASK_NAME, UNGROUPED_OPS, Loop, Op, TaskPayload, TaskResult, serves
-from genserve.workers import failover, metrics, receipts
+from genserve.workers import failover, metrics, receipts, strategy
 from genserve.workers.batching import CallLog, failure
 from genserve.workers.loops import HANDLERS, Handler
 from genserve.workers.runtime import LoadedModel, ModelCache
@@ -60,18 +60,12 @@ def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None
     """Bind the task to `app`; `cache_factory()` builds the per-process model cache lazily."""
     state: dict[str, ModelCache] = {}
 
-    # resultrepr_maxsize: Celery's tracer reprs every return value for its "succeeded" log
-    # line (whatever the log level), walking all of a batch's outcomes and their tensor bytes;
-    # a short repr costs a few tokens instead. The result itself is stored whole.
-    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS,
-              bind=True)
-    def run_batch(self: Any, payload: TaskPayload) -> TaskResult:
+    def answer(task_id: str, payload: TaskPayload) -> TaskResult:
         # A second copy of a message a live worker runs is not answered: acked, no result
         # stored, the other copy's result is the answer. The owner claim of a one-shot batch
         # is read after it ran (workers/receipts.py: its reply is in by then; answering is
         # what must not happen twice, and the bytes are the same); a streamed generation's
         # before it starts, as its chunks reach the client as they come.
-        task_id = self.request.id
         if failover.take_duplicate(task_id):  # found by failover's own claim (no receipt)
             raise Ignore()
         # Created on the first task, in the process that runs it (after any fork).
@@ -85,3 +79,13 @@ def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None
         if receipts.settle(task_id):
             raise Ignore()
         return result
+
+    # resultrepr_maxsize: Celery's tracer reprs every return value for its "succeeded" log
+    # line (whatever the log level), walking all of a batch's outcomes and their tensor bytes;
+    # a short repr costs a few tokens instead. The result itself is stored whole.
+    # Strategy: in a solo worker, the common message goes the short way (workers/strategy.py),
+    # which calls `answer` itself; any other message or pool takes Celery's own path.
+    @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS,
+              bind=True, Strategy=strategy.ONLINE, answer=staticmethod(answer))
+    def run_batch(self: Any, payload: TaskPayload) -> TaskResult:
+        return answer(self.request.id, payload)
