@@ -53,6 +53,7 @@ WORKER_HOOKS = [
     ("kombu.transport.redis", "QoS.append", "wk: unacked ZADD+HSET", "wk: unacked stored"),
     ("genserve.workers.failover", "Failover.own", "wk: owner check (OWN script)", "wk: owned"),
     ("genserve.workers.tasks", "execute", "wk: task body started", "wk: task body returned"),
+    ("genserve.workers.strategy", "expired", "wk: strategy took the message", None),
     ("genserve.workers.runtime", "OnnxModel.run", "wk: ONNX Runtime run", "wk: ONNX Runtime returned"),
     ("celery.backends.redis", "RedisBackend._set", "wk: result SET+PUBLISH", "wk: result stored"),
     ("genserve.workers.results", "ResultBackend._store_once", "wk: result check+SETEX+PUBLISH (one script)",

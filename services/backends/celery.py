@@ -28,7 +28,9 @@ from typing import Any
 
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, QueueFullError
 from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload, consumers_key, senders_key
+from genserve.services import redis_wire
 from genserve.services.pubsub import PubSubReader
+from genserve.services.redis_wire import ResultSubscription
 from genserve.services.redelivery import LostMessageWatch
 from genserve.services.streams import RedisStreams
 from genserve.settings import Settings
@@ -48,7 +50,7 @@ class ResultListener(PubSubReader):
     IGNORE_SUBSCRIBE_MESSAGES = True
     DELETE_AFTER_S = 0.02  # read results are deleted together, at most this late
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, url: str | None = None) -> None:
         super().__init__(client, "gateway")
         self._waiters: dict[str, tuple[asyncio.Future, float]] = {}
         self._last_sweep = time.monotonic()
@@ -56,23 +58,65 @@ class ResultListener(PubSubReader):
         self._ids = itertools.count()
         self._prefix = f"{RESULT_PREFIX}{self.token}_"
         self._to_delete: list[str] = []  # results read, deleted by the next `_delete_read`
+        # With a plain redis:// URL the pattern is read on the gateway's own wire
+        # (services/redis_wire.py: a result costs the event loop less than half as much);
+        # other keys, and TLS or unix-socket URLs, go through redis-py's PubSub below.
+        self._own: ResultSubscription | None = None
+        if redis_wire.supported(url):
+            self._own = ResultSubscription(url, self._prefix + "*", self._on_own, self._connection_lost, self._resweep,
+                                           name=f"genserve-results-{self.token}")
+        self._own_started: asyncio.Future | None = None
+        self._sweeper: asyncio.Task | None = None
 
     def new_task_id(self) -> str:
         """A task id whose result this listener receives without a subscription of its own."""
         return f"{self.token}_{next(self._ids):x}"
 
     async def _start(self) -> None:
-        await self._pubsub.psubscribe(self._prefix + "*")  # opens the connection, before any publish of ours
+        if self._own is None:
+            await self._pubsub.psubscribe(self._prefix + "*")  # opens the connection, before any publish of ours
         await super()._start()
+
+    async def _start_own(self) -> None:
+        """The wire's subscription, once (concurrent first callers share it), and the sweep
+        that redis-py's reader loop would otherwise run."""
+        if self._own_started is None:
+            self._own_started = asyncio.ensure_future(self._own.start())  # type: ignore[union-attr]
+        try:
+            await asyncio.shield(self._own_started)
+        except Exception:
+            self._own_started = None  # the next caller tries again
+            raise
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
 
     async def expect(self, key: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = (future, time.monotonic())
         if key.startswith(self._prefix):
-            await self.start()
+            await (self._start_own() if self._own is not None else self.start())
         else:
             await self.subscribe(key)
         return future
+
+    def _on_own(self, channel: bytes, data: bytes) -> None:
+        self._resolve(channel.decode(), data)
+
+    def _resweep(self) -> None:
+        """Back after a reconnect: every waiting result is read again now (a publish made
+        while the connection was away reached nobody)."""
+        self._spawn(self._sweep_quietly(0.0))
+
+    async def _sweep_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.SWEEP_S)
+            await self._sweep_quietly()
+
+    async def _sweep_quietly(self, stale_s: float | None = None) -> None:
+        try:
+            await self._sweep(stale_s)
+        except Exception as exc:  # Redis away: the subscription's reconnect reports it
+            log.debug("re-reading waited-for results failed: %s", exc)
 
     def done(self, key: str) -> None:
         """Stop listening for `key` and delete the stored result (it has been read)."""
@@ -91,6 +135,11 @@ class ResultListener(PubSubReader):
     async def close(self) -> None:
         if self._to_delete:
             self._delete_read()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self._own is not None:
+            await self._own.close()
         await super().close()
 
     def _handle(self, message: dict[str, Any]) -> None:
@@ -114,9 +163,10 @@ class ResultListener(PubSubReader):
         if entry is not None and not entry[0].done():
             entry[0].set_result(data)
 
-    async def _sweep(self) -> None:
-        now = time.monotonic()
-        stale = [k for k, (f, t) in self._waiters.items() if now - t > self.SWEEP_S and not f.done()]
+    async def _sweep(self, stale_s: float | None = None) -> None:
+        """Re-read (MGET) the results waited for longer than `stale_s` (default SWEEP_S)."""
+        now, stale_s = time.monotonic(), self.SWEEP_S if stale_s is None else stale_s
+        stale = [k for k, (f, t) in self._waiters.items() if now - t > stale_s and not f.done()]
         if stale:
             for key, data in zip(stale, await self._client.mget(stale)):
                 if data is not None:
@@ -180,7 +230,7 @@ class CeleryBackend:
         self._redis = redis.asyncio.from_url(settings.backend_url)
         self._broker = redis.asyncio.from_url(settings.broker_url)
         self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
-        self._listener = ResultListener(self._redis)
+        self._listener = ResultListener(self._redis, settings.backend_url)
         self._lost = LostMessageWatch(self._broker, self._redis)  # messages a dying worker lost
         self.streams = RedisStreams(self._redis)  # token streams of text generation
         self._loads = loads

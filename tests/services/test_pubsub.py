@@ -114,3 +114,52 @@ def test_two_gateways_receive_only_their_own_results(redis_url: str):
             await client.aclose()
 
     asyncio.run(two())
+
+
+def test_own_results_come_over_the_gateways_wire_and_survive_a_dropped_connection(redis_url: str):
+    """With a redis:// URL the listener's pattern is read on its own connection
+    (services/redis_wire.py): results arrive; when Redis drops that connection it comes back
+    by itself, and a result published while it was away is read from its key."""
+    from genserve.protocol import RESULT_PREFIX
+    from genserve.services.backends.celery import ResultListener
+
+    async def one_gateway() -> None:
+        client = redis.asyncio.from_url(redis_url)
+        listener = ResultListener(client, redis_url)
+        listener.SWEEP_S = 60.0  # only the publish, or the re-read after a reconnect, may deliver
+        try:
+            first = RESULT_PREFIX + listener.new_task_id()
+            future = await listener.expect(first)
+            assert await client.publish(first, b"one") == 1  # the wire's subscription is in place
+            assert await asyncio.wait_for(future, 2.0) == b"one"
+            assert (await client.pubsub_numsub(first))[0][1] == 0  # a pattern, no channel of its own
+
+            wire = [c for c in await client.client_list() if c.get("name") == f"genserve-results-{listener.token}"]
+            assert len(wire) == 1 and wire[0]["psub"] == "1" and wire[0]["sub"] == "0"
+            second = RESULT_PREFIX + listener.new_task_id()
+            future = await listener.expect(second)
+            await client.client_kill_filter(_id=wire[0]["id"])
+            await client.set(second, b"stored meanwhile")  # its publish would reach nobody now
+            assert await client.publish(second, b"lost") == 0
+            assert await asyncio.wait_for(future, 5.0) == b"stored meanwhile"  # re-read once back
+
+            third = RESULT_PREFIX + listener.new_task_id()
+            future = await listener.expect(third)
+            assert await client.publish(third, b"three") == 1
+            assert await asyncio.wait_for(future, 2.0) == b"three"
+            await client.delete(second)
+        finally:
+            await listener.close()
+            await client.aclose()
+
+    asyncio.run(one_gateway())
+
+
+def test_the_wire_speaks_only_plain_redis_urls():
+    from genserve.services import redis_wire
+
+    assert redis_wire.supported("redis://:pw@127.0.0.1:6379/2")
+    assert not redis_wire.supported("rediss://127.0.0.1:6380/0")  # TLS: redis-py's reader
+    assert not redis_wire.supported("unix:///run/redis.sock")
+    assert not redis_wire.supported(None)
+    assert redis_wire.pack("LPUSH", "q", b"\x00\r\n") == b"*3\r\n$5\r\nLPUSH\r\n$1\r\nq\r\n$3\r\n\x00\r\n\r\n"
