@@ -1,12 +1,18 @@
-"""The gateway's own wire to Redis for the one message every batch waits for: its result.
+"""The gateway's own wire to Redis for what every batch does: its LPUSH and its result.
 
-Every batch ends with the result backend's PUBLISH reaching the gateway, on the request's
-path. redis-py's asyncio `PubSub.get_message` costs about 140 us of the gateway's CPU per
-message (its stream reader, a timeout per read, the message dict), against about 60 us for
-an `asyncio.Protocol` that feeds the bytes to hiredis and hands each message to a callback in
-the same event-loop turn (measured on a 2-core Intel Xeon, one process publishing 3,000
-results of 3 KB to one pattern subscriber). `ResultSubscription` is that: one connection
-per gateway with the result pattern subscribed, reconnecting by itself.
+Every batch costs the gateway one LPUSH (the task message) and one pattern message (the
+result backend's PUBLISH, on the request's path). Through redis-py's asyncio client these
+cost about 110 us (`lpush`) and 140 us (`PubSub.get_message`) of the gateway's CPU each:
+a connection pool, a retry wrapper, a stream reader and a timeout per read. An
+`asyncio.Protocol` that writes RESP itself and feeds the replies to hiredis, handing each
+to its waiter or callback in the same event-loop turn, costs about 55 and 60 us (measured on
+a 2-core Intel Xeon: 5,000 LPUSHes of 1 KB one after another; 3,000 results of 3 KB from
+another process to one pattern subscriber). Here:
+
+- `ResultSubscription`: one connection per gateway with the result pattern subscribed,
+  reconnecting by itself;
+- `Commands`: one connection for the per-batch commands (LPUSH, the DEL of read results),
+  pipelined, replies matched in order, connected again on the next call after a loss.
 
 Plain `redis://` URLs only (password, user and database from the URL, as redis-py reads
 them); TLS (`rediss://`) and unix sockets keep redis-py's reader (services/pubsub.py).
@@ -41,6 +47,18 @@ def pack(*args: Any) -> bytes:
     return b"".join(parts)
 
 
+class ReplyError(Exception):
+    """Redis answered the command with an error (a wrong password, a wrong type)."""
+
+
+class NotSent(ConnectionError):
+    """No connection: the command was not written."""
+
+
+class UncertainError(ConnectionError):
+    """The connection dropped after the command was written: Redis may have run it."""
+
+
 class _Wire(asyncio.Protocol):
     """Replies answer the commands in order; pattern messages go to `on_message(channel, data)`."""
 
@@ -66,26 +84,29 @@ class _Wire(asyncio.Protocol):
                 future = self._replies.popleft()
                 if not future.done():
                     if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(ConnectionError(f"Redis refused: {reply}"))
+                        future.set_exception(ReplyError(str(reply)))
                     else:
                         future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        error = ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
         while self._replies:
             future = self._replies.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(UncertainError(f"connection to Redis lost before the reply: {exc or 'closed'}"))
         if not self.closed.done():
-            self.closed.set_result(error)
+            self.closed.set_result(ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and not self.closed.done()
 
     def call(self, *args: Any) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        if self.transport is None or self.transport.is_closing():
-            future.set_exception(ConnectionError("not connected to Redis"))
+        if not self.usable:
+            future.set_exception(NotSent("not connected to Redis"))
             return future
         self._replies.append(future)
-        self.transport.write(pack(*args))
+        self.transport.write(pack(*args))  # type: ignore[union-attr]
         return future
 
 
@@ -149,7 +170,7 @@ class ResultSubscription:
                 try:
                     self._wire = await self._connect()
                     break
-                except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                except (OSError, ConnectionError, ReplyError, asyncio.TimeoutError) as exc:
                     if time.monotonic() - down_since >= self.DOWN_GRACE_S:
                         self._on_down(exc)
             log.warning("result subscription: back after %.1f s", time.monotonic() - down_since)
@@ -161,3 +182,74 @@ class ResultSubscription:
             await asyncio.gather(self._keeper, return_exceptions=True)
         if self._wire is not None and self._wire.transport is not None:
             self._wire.transport.close()
+
+
+class Commands:
+    """Commands on one connection, pipelined: `await call("LPUSH", key, value)`.
+
+    Connects on the first call (AUTH, SELECT and CLIENT SETNAME from the URL and `name`) and
+    again on the first call after the connection is lost. A call that finds no connection
+    and cannot make one raises ConnectionError (nothing was sent); a call whose connection
+    drops before its reply raises UncertainError (the command may have run) and is not
+    retried here: an LPUSH sent twice would queue the task twice.
+    """
+
+    CONNECT_TIMEOUT_S = 5.0
+
+    def __init__(self, url: str, name: str = "") -> None:
+        params = parse_url(url)
+        self._host, self._port = params.get("host", "localhost"), int(params.get("port", 6379))
+        self._username, self._password = params.get("username"), params.get("password")
+        self._db = int(params.get("db", 0) or 0)
+        self.name = name
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Future | None = None
+
+    async def call(self, *args: Any) -> Any:
+        for attempt in range(2):
+            wire = self._wire
+            if wire is None or not wire.usable:
+                wire = await self._connected()
+            try:
+                return await wire.call(*args)
+            except NotSent:  # the connection was found gone: nothing written, so once more
+                self._wire = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _connected(self) -> _Wire:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            self._wire = await asyncio.shield(self._connecting)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
+        return self._wire
+
+    async def _connect(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        _, wire = await asyncio.wait_for(
+            loop.create_connection(lambda: _Wire(_no_messages), self._host, self._port), self.CONNECT_TIMEOUT_S)
+        try:
+            handshake = []
+            if self._password:
+                handshake.append(wire.call("AUTH", *((self._username,) if self._username else ()), self._password))
+            if self._db:
+                handshake.append(wire.call("SELECT", self._db))
+            if self.name:
+                handshake.append(wire.call("CLIENT", "SETNAME", self.name))
+            await asyncio.wait_for(asyncio.gather(*handshake), self.CONNECT_TIMEOUT_S)
+        except BaseException:
+            if wire.transport is not None:
+                wire.transport.close()
+            raise
+        return wire
+
+    def close(self) -> None:
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.close()
+
+
+def _no_messages(channel: bytes, data: bytes) -> None:
+    raise AssertionError("a command connection received a pub/sub message")

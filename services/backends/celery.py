@@ -10,6 +10,12 @@ Task ids start with the gateway's own random token, and the listener subscribes 
 start, to the pattern of its results (`PSUBSCRIBE celery-task-meta-<token>_*`): a request
 costs the gateway one Redis command (the LPUSH) instead of a SUBSCRIBE it had to wait for
 before publishing, an UNSUBSCRIBE and a DEL; read results are deleted a few at a time.
+
+With plain redis:// URLs (the default) the LPUSH and the pattern subscription each have a
+connection of their own on the gateway's wire (services/redis_wire.py, about half
+redis-py's CPU per command and per result), named `genserve-publish-<token>` and
+`genserve-results-<token>` in CLIENT LIST; everything else, and TLS or unix-socket URLs,
+goes through redis-py's asyncio client.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from genserve.errors import BrokerUnavailableError, DeadlineExceededError, Inter
 from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload, consumers_key, senders_key
 from genserve.services import redis_wire
 from genserve.services.pubsub import PubSubReader
-from genserve.services.redis_wire import ResultSubscription
+from genserve.services.redis_wire import Commands, ResultSubscription, UncertainError
 from genserve.services.redelivery import LostMessageWatch
 from genserve.services.streams import RedisStreams
 from genserve.settings import Settings
@@ -183,11 +189,12 @@ class TaskPublisher:
     anonymous-exchange publish, so any Celery worker consumes them.
     """
 
-    def __init__(self, app: Any, client: Any) -> None:
+    def __init__(self, app: Any, client: Any, wire: Commands | None = None) -> None:
         from kombu.serialization import dumps
 
         self._app = app
-        self._client = client
+        self._client = client  # redis-py's asyncio client, used where `wire` is None
+        self._wire = wire  # services/redis_wire.py: the LPUSH at half redis-py's cost
         self._dumps = dumps
         self._origin = f"genserve-gateway@{socket.gethostname()}:{os.getpid()}"
 
@@ -211,7 +218,10 @@ class TaskPublisher:
 
     async def publish(self, task_id: str, queue: str, payload: TaskPayload, deadline: float) -> bytes:
         message = self.encode(task_id, queue, payload, deadline)
-        await self._client.lpush(queue, message)
+        if self._wire is not None:
+            await self._wire.call("LPUSH", queue, message)
+        else:
+            await self._client.lpush(queue, message)
         return message
 
 
@@ -229,8 +239,10 @@ class CeleryBackend:
 
         self._redis = redis.asyncio.from_url(settings.backend_url)
         self._broker = redis.asyncio.from_url(settings.broker_url)
-        self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker)
         self._listener = ResultListener(self._redis, settings.backend_url)
+        self._pushes = Commands(settings.broker_url, name=f"genserve-publish-{self._listener.token}") \
+            if redis_wire.supported(settings.broker_url) else None
+        self._publisher = TaskPublisher(create_app(settings, with_results=False), self._broker, self._pushes)
         self._lost = LostMessageWatch(self._broker, self._redis)  # messages a dying worker lost
         self.streams = RedisStreams(self._redis)  # token streams of text generation
         self._loads = loads
@@ -251,6 +263,10 @@ class CeleryBackend:
             try:
                 payload: TaskPayload = {"model": ref, "op": op, "requests": requests, "sent_at": time.time()}
                 message = await self._publisher.publish(task_id, queue, payload, deadline)
+            except UncertainError as exc:
+                raise BrokerUnavailableError(
+                    f"the connection to the broker dropped while enqueueing ({exc}): the task may still run "
+                    "once, unanswered; retry (a seeded request gives the same bytes)") from exc
             except Exception as exc:
                 raise BrokerUnavailableError(f"broker unreachable, nothing was enqueued: {exc}") from exc
             data = await self._lost.wait(future, queue, message, key, deadline)
@@ -314,6 +330,8 @@ class CeleryBackend:
 
     async def close(self) -> None:
         await self._listener.close()
+        if self._pushes is not None:
+            self._pushes.close()
         await self.streams.close()
         await self._redis.aclose()
         await self._broker.aclose()

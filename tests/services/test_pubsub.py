@@ -163,3 +163,36 @@ def test_the_wire_speaks_only_plain_redis_urls():
     assert not redis_wire.supported("unix:///run/redis.sock")
     assert not redis_wire.supported(None)
     assert redis_wire.pack("LPUSH", "q", b"\x00\r\n") == b"*3\r\n$5\r\nLPUSH\r\n$1\r\nq\r\n$3\r\n\x00\r\n\r\n"
+
+
+def test_commands_on_the_wire_reconnect_and_report_what_they_cannot_know(redis_url: str):
+    """The gateway's LPUSH connection: replies in order, pipelined; after Redis drops the
+    connection the next call connects again; an error reply is an error."""
+    from genserve.services.redis_wire import Commands, ReplyError
+
+    async def run() -> None:
+        client = redis.asyncio.from_url(redis_url)
+        name = f"genserve-publish-test-{uuid.uuid4().hex[:8]}"
+        commands = Commands(redis_url, name=name)
+        key = f"test-wire:{uuid.uuid4().hex}"
+        try:
+            replies = await asyncio.gather(*(commands.call("LPUSH", key, str(i)) for i in range(50)))
+            assert replies == list(range(1, 51))  # each reply reached its own caller
+            assert await client.lrange(key, 0, 1) == [b"49", b"48"]
+            (me,) = [c for c in await client.client_list() if c.get("name") == name]
+            await client.client_kill_filter(_id=me["id"])
+            await asyncio.sleep(0.05)
+            assert await commands.call("LPUSH", key, "after") == 51  # connected again
+            assert len([c for c in await client.client_list() if c.get("name") == name]) == 1
+            await client.set(key + ":s", "x")
+            try:
+                await commands.call("LPUSH", key + ":s", "v")
+                raise AssertionError("an LPUSH on a string key must fail")
+            except ReplyError as exc:
+                assert "WRONGTYPE" in str(exc)
+        finally:
+            commands.close()
+            await client.delete(key, key + ":s")
+            await client.aclose()
+
+    asyncio.run(run())
