@@ -13,11 +13,15 @@ task's message (workers/receipts.py): kombu's own ack round trip is skipped.
 
 from __future__ import annotations
 
+import os
+import threading
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
 from genserve.workers import receipts
 
@@ -59,6 +63,8 @@ class ResultBackend(RedisBackend):
         super().__init__(*args, **kwargs)
         self._store = self.client.register_script(_STORE)
         self._extended = bool(self.app.conf.find_value_for_key("extended", "result"))
+        self._timezone = self.app.timezone
+        self._local = threading.local()  # per thread (the solo loop, the bulk thread): (pid, connection)
 
     def _get_result_meta(self, result: Any, state: str, traceback: Any, request: Any, format_date: bool = True,
                          encode: bool = False) -> dict[str, Any]:
@@ -67,8 +73,9 @@ class ResultBackend(RedisBackend):
         if self._extended:
             return super()._get_result_meta(result, state, traceback, request, format_date, encode)
         date_done = None
-        if state in self.READY_STATES:
-            date_done = self.app.now().isoformat() if format_date else self.app.now()
+        if state in self.READY_STATES:  # app.now(), without its to_utc of a time that is UTC already
+            now = datetime.now(timezone.utc).astimezone(self._timezone)
+            date_done = now.isoformat() if format_date else now
         meta = {"status": state, "result": result, "traceback": traceback,
                 "children": self.current_task_children(request), "date_done": date_done}
         if request and getattr(request, "group", None):
@@ -94,6 +101,32 @@ class ResultBackend(RedisBackend):
                     receipt: tuple[str, str, str] | None = None) -> int:
         seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
         if receipt is None:
-            return self._store(keys=[key], args=[value, seconds])
-        tag, index_key, unacked_key = receipt
-        return self._store(keys=[key, index_key, unacked_key], args=[value, seconds, tag])
+            keys, args = [key], [value, seconds]
+        else:
+            tag, index_key, unacked_key = receipt
+            keys, args = [key, index_key, unacked_key], [value, seconds, tag]
+        return self._evalsha(keys, args)
+
+    def _evalsha(self, keys: list[Any], args: list[Any]) -> Any:
+        """The script on this thread's own connection: EVALSHA (EVAL when Redis lacks it),
+        without the pool, retry and Script wrappers around every call (about a third of the
+        store's CPU); a connection error drops the connection and raises, and `ensure`'s
+        retry policy runs it again on a new one, as before."""
+        connection = self._connection()
+        try:
+            connection.send_command("EVALSHA", self._store.sha, len(keys), *keys, *args)
+            try:
+                return connection.read_response()
+            except NoScriptError:  # Redis restarted or flushed its scripts
+                connection.send_command("EVAL", _STORE, len(keys), *keys, *args)
+                return connection.read_response()
+        except (ConnectionError, TimeoutError, OSError):
+            connection.disconnect()
+            raise
+
+    def _connection(self) -> Any:
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():  # none yet, or made before a fork
+            held = (os.getpid(), self.client.connection_pool.make_connection())
+            self._local.held = held
+        return held[1]

@@ -65,3 +65,27 @@ def test_a_json_success_is_recognised_too(redis_url: str):
     client.set(key, b'{"status": "SUCCESS", "result": 1, "task_id": "%s"}' % task_id.encode())
     app.backend.mark_as_done(task_id, 2)
     assert b'"result": 1' in client.get(key)
+
+
+def test_a_result_is_stored_after_redis_forgot_the_script_and_after_a_dropped_connection(redis_url: str):
+    """The store runs EVALSHA on the thread's own connection: Redis without the script (a
+    restart, SCRIPT FLUSH) gets EVAL instead; a dropped connection is made again."""
+    app = _app(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    app.backend.mark_as_done(first, {"n": 1})
+    client.script_flush()
+    app.backend.mark_as_done(second, {"n": 2})
+    assert app.AsyncResult(first).get(timeout=2) == {"n": 1} and app.AsyncResult(second).get(timeout=2) == {"n": 2}
+    own = app.backend._connection()
+    client.client_kill_filter(_id=_id_of(client, own))
+    third = uuid.uuid4().hex
+    app.backend.mark_as_done(third, {"n": 3})  # ensure's retry policy: a new connection
+    assert app.AsyncResult(third).get(timeout=2) == {"n": 3}
+
+
+def _id_of(client: redis.Redis, connection) -> str:
+    """The CLIENT LIST id of `connection` (matched by its local port)."""
+    port = connection._sock.getsockname()[1]
+    (entry,) = [c for c in client.client_list() if c["addr"].endswith(f":{port}")]
+    return entry["id"]
