@@ -85,7 +85,9 @@ def register_tasks(app: Celery, cache_factory: Callable[[], ModelCache]) -> None
     # a short repr costs a few tokens instead. The result itself is stored whole.
     # Strategy: in a solo worker, the common message goes the short way (workers/strategy.py),
     # which calls `answer` itself; any other message or pool takes Celery's own path.
+    # shared=False: the task closes over this app's model cache; a shared task would be
+    # registered into every app finalized later in the process, ahead of that app's own.
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, resultrepr_maxsize=RESULT_REPR_CHARS,
-              bind=True, Strategy=strategy.ONLINE, answer=staticmethod(answer))
+              bind=True, Strategy=strategy.ONLINE, answer=staticmethod(answer), shared=False)
     def run_batch(self: Any, payload: TaskPayload) -> TaskResult:
         return answer(self.request.id, payload)

@@ -29,10 +29,6 @@ from genserve.settings import Settings
 from genserve.workers.app import create_app
 from genserve.workers.strategy import expired, plain_call
 
-# Each test builds its own app in this one process; Celery warns that the task names repeat
-# (a worker process builds one app).
-pytestmark = pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
-
 
 def test_expired_reads_celerys_header():
     now = time.time()

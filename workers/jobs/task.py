@@ -91,7 +91,9 @@ def register_chunk_task(app: Celery, settings: Settings, cache: Callable[[], Mod
 
     app.chunk_runner = runner  # the bulk consumer thread (workers/jobs/bulk.py) runs chunks with it
 
-    @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    # shared=False: per app (it closes over this app's settings and cache), as run_batch
+    @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+              shared=False)
     def run_chunk(self: Any, payload: dict[str, Any]) -> str:
         outcome = _through_outages(lambda: runner().run(payload))
         if outcome == "retry":  # a fresh message at the back of the bulk queue; this one is acked
