@@ -1,0 +1,105 @@
+"""What the gateway's interceptors cost per call, on a server that does nothing else.
+
+    .venv/bin/python -m bench.interceptors [--rounds 2] [--concurrency 64]
+
+A grpc.aio server whose ModelInfer answers a fixed response (no batcher, no Redis, no model)
+runs with: no interceptors; the decoding interceptor; the metrics interceptor; both (the
+gateway's set, auth off); two that only pass the call on (grpc's interceptor machinery
+alone). `bench.loadgen` drives each in turn, its own process, and the server's CPU per call
+comes from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics")
+
+
+def serve(variant: str, port: int) -> None:
+    import grpc
+
+    from genserve.oip import grpc_predict_v2_pb2 as v2
+    from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+    from genserve.services.decoding import DecodingInterceptor
+    from genserve.services.metrics import GatewayMetrics, MetricsInterceptor
+
+    response = v2.ModelInferResponse(model_name="vae", model_version="1")
+    response.outputs.add(name="x", datatype="FP32", shape=[1, 784])
+    response.raw_output_contents.append(b"\0" * 3136)
+
+    class Fixed(v2_grpc.GRPCInferenceServiceServicer):
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            return response
+
+    class PassOn(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            return await continuation(details)
+
+    chosen = {"none": [], "pass-through x2": [PassOn(), PassOn()], "decoding": [DecodingInterceptor()],
+              "metrics": [MetricsInterceptor(GatewayMetrics())],
+              "decoding+metrics": [DecodingInterceptor(), MetricsInterceptor(GatewayMetrics())]}[variant]
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=chosen)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(Fixed(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("ready", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]))
+        return
+    from bench.__main__ import ROOT, free_port
+    from bench.hops import cpu_seconds
+    from bench.peers import wait_ready
+
+    results: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            port = free_port()
+            server = subprocess.Popen([sys.executable, "-m", "bench.interceptors", "--serve", variant, str(port)],
+                                      stdout=subprocess.PIPE, cwd=ROOT)
+            try:
+                server.stdout.readline()  # type: ignore[union-attr]
+                wait_ready(f"127.0.0.1:{port}", server)
+
+                def load(duration: float) -> dict[str, Any]:
+                    out = subprocess.run([sys.executable, "-m", "bench.loadgen", "--address", f"127.0.0.1:{port}",
+                                          "--op", "infer", "--model", "vae", "--input", "z:FP32:1,16",
+                                          "--concurrency", str(args.concurrency), "--warmup", "0.2",
+                                          "--duration", str(duration)], capture_output=True, text=True, cwd=ROOT)
+                    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+
+                load(1.0)
+                before = cpu_seconds(server.pid)
+                point = load(args.duration)
+                cpu_us = (cpu_seconds(server.pid) - before) / point["requests"] * 1e6
+                results.setdefault(variant, []).append((point["rps"], cpu_us))
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    print(f"| interceptors (concurrency {args.concurrency}) | req/s per round | server CPU us per call per round |")
+    print("|---|---|---|")
+    for variant, points in results.items():
+        print(f"| {variant} | {', '.join(f'{r:,.0f}' for r, _ in points)} | {', '.join(f'{c:.0f}' for _, c in points)} |")
+
+
+if __name__ == "__main__":
+    main()
