@@ -11,8 +11,8 @@ another process to one pattern subscriber). Here:
 
 - `ResultSubscription`: one connection per gateway with the result pattern subscribed,
   reconnecting by itself;
-- `Commands`: one connection for the per-batch commands (LPUSH, the DEL of read results),
-  pipelined, replies matched in order, connected again on the next call after a loss.
+- `Commands`: one connection for the task LPUSH, pipelined (replies matched in order),
+  connected again on the next call after a loss.
 
 Plain `redis://` URLs only (password, user and database from the URL, as redis-py reads
 them); TLS (`rediss://`) and unix sockets keep redis-py's reader (services/pubsub.py).
@@ -110,6 +110,42 @@ class _Wire(asyncio.Protocol):
         return future
 
 
+class _Endpoint:
+    """Where a URL points, and how to open a connection there: AUTH (user and password from
+    the URL), SELECT (its database, where asked) and CLIENT SETNAME, pipelined."""
+
+    CONNECT_TIMEOUT_S = 5.0
+
+    def __init__(self, url: str) -> None:
+        params = parse_url(url)
+        self.host, self.port = params.get("host", "localhost"), int(params.get("port", 6379))
+        self.username, self.password = params.get("username"), params.get("password")
+        self.db = int(params.get("db", 0) or 0)
+
+    async def open(self, on_message: Callable[[bytes, bytes], None], name: str, select_db: bool,
+                   then: tuple[Any, ...] = ()) -> tuple[_Wire, Any]:
+        """A connected wire and the reply to `then` (a last command, e.g. PSUBSCRIBE), if any."""
+        loop = asyncio.get_running_loop()
+        _, wire = await asyncio.wait_for(loop.create_connection(lambda: _Wire(on_message), self.host, self.port),
+                                         self.CONNECT_TIMEOUT_S)
+        try:
+            steps = []
+            if self.password:
+                steps.append(wire.call("AUTH", *((self.username,) if self.username else ()), self.password))
+            if select_db and self.db:
+                steps.append(wire.call("SELECT", self.db))
+            if name:
+                steps.append(wire.call("CLIENT", "SETNAME", name))
+            if then:
+                steps.append(wire.call(*then))
+            replies = await asyncio.wait_for(asyncio.gather(*steps), self.CONNECT_TIMEOUT_S)
+        except BaseException:
+            if wire.transport is not None:
+                wire.transport.close()
+            raise
+        return wire, (replies[-1] if then else None)
+
+
 class ResultSubscription:
     """One connection with `pattern` subscribed; `on_message(channel, data)` for each publish.
 
@@ -121,14 +157,11 @@ class ResultSubscription:
 
     RETRY_S = 0.2
     DOWN_GRACE_S = 1.0
-    CONNECT_TIMEOUT_S = 5.0
 
     def __init__(self, url: str, pattern: str, on_message: Callable[[bytes, bytes], None],
                  on_down: Callable[[Exception], None], on_up: Callable[[], None], name: str = "") -> None:
-        params = parse_url(url)
+        self._endpoint = _Endpoint(url)
         self.name = name  # CLIENT SETNAME: what `redis-cli CLIENT LIST` shows for this connection
-        self._host, self._port = params.get("host", "localhost"), int(params.get("port", 6379))
-        self._username, self._password = params.get("username"), params.get("password")
         self._pattern = pattern
         self._on_message, self._on_down, self._on_up = on_message, on_down, on_up
         self._wire: _Wire | None = None
@@ -140,23 +173,12 @@ class ResultSubscription:
         self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
     async def _connect(self) -> _Wire:
-        loop = asyncio.get_running_loop()
-        _, wire = await asyncio.wait_for(
-            loop.create_connection(lambda: _Wire(self._on_message), self._host, self._port),
-            self.CONNECT_TIMEOUT_S)
-        try:
-            if self._password:
-                auth = (self._username, self._password) if self._username else (self._password,)
-                await asyncio.wait_for(wire.call("AUTH", *auth), self.CONNECT_TIMEOUT_S)
-            if self.name:
-                await asyncio.wait_for(wire.call("CLIENT", "SETNAME", self.name), self.CONNECT_TIMEOUT_S)
-            confirmation = await asyncio.wait_for(wire.call("PSUBSCRIBE", self._pattern), self.CONNECT_TIMEOUT_S)
-            if not (isinstance(confirmation, list) and confirmation and confirmation[0] == b"psubscribe"):
-                raise ConnectionError(f"PSUBSCRIBE answered {confirmation!r}")
-        except BaseException:
+        wire, confirmation = await self._endpoint.open(self._on_message, self.name, select_db=False,
+                                                       then=("PSUBSCRIBE", self._pattern))
+        if not (isinstance(confirmation, list) and confirmation and confirmation[0] == b"psubscribe"):
             if wire.transport is not None:
                 wire.transport.close()
-            raise
+            raise ConnectionError(f"PSUBSCRIBE answered {confirmation!r}")
         return wire
 
     async def _keep(self) -> None:
@@ -188,19 +210,15 @@ class Commands:
     """Commands on one connection, pipelined: `await call("LPUSH", key, value)`.
 
     Connects on the first call (AUTH, SELECT and CLIENT SETNAME from the URL and `name`) and
-    again on the first call after the connection is lost. A call that finds no connection
-    and cannot make one raises ConnectionError (nothing was sent); a call whose connection
-    drops before its reply raises UncertainError (the command may have run) and is not
-    retried here: an LPUSH sent twice would queue the task twice.
+    again on the first call after the connection is lost. A call that cannot connect raises
+    ConnectionError (nothing was sent); one that finds its connection gone (NotSent: nothing
+    written) is sent once more on a new connection; one whose connection drops before its
+    reply raises UncertainError (the command may have run) and is not sent again: an LPUSH
+    sent twice would queue the task twice. An error reply raises ReplyError.
     """
 
-    CONNECT_TIMEOUT_S = 5.0
-
     def __init__(self, url: str, name: str = "") -> None:
-        params = parse_url(url)
-        self._host, self._port = params.get("host", "localhost"), int(params.get("port", 6379))
-        self._username, self._password = params.get("username"), params.get("password")
-        self._db = int(params.get("db", 0) or 0)
+        self._endpoint = _Endpoint(url)
         self.name = name
         self._wire: _Wire | None = None
         self._connecting: asyncio.Future | None = None
@@ -220,31 +238,13 @@ class Commands:
 
     async def _connected(self) -> _Wire:
         if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting = asyncio.ensure_future(self._endpoint.open(_no_messages, self.name, select_db=True))
         try:
-            self._wire = await asyncio.shield(self._connecting)
+            self._wire, _ = await asyncio.shield(self._connecting)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
+            endpoint = self._endpoint
+            raise ConnectionError(f"cannot connect to Redis at {endpoint.host}:{endpoint.port}: {exc}") from exc
         return self._wire
-
-    async def _connect(self) -> _Wire:
-        loop = asyncio.get_running_loop()
-        _, wire = await asyncio.wait_for(
-            loop.create_connection(lambda: _Wire(_no_messages), self._host, self._port), self.CONNECT_TIMEOUT_S)
-        try:
-            handshake = []
-            if self._password:
-                handshake.append(wire.call("AUTH", *((self._username,) if self._username else ()), self._password))
-            if self._db:
-                handshake.append(wire.call("SELECT", self._db))
-            if self.name:
-                handshake.append(wire.call("CLIENT", "SETNAME", self.name))
-            await asyncio.wait_for(asyncio.gather(*handshake), self.CONNECT_TIMEOUT_S)
-        except BaseException:
-            if wire.transport is not None:
-                wire.transport.close()
-            raise
-        return wire
 
     def close(self) -> None:
         if self._wire is not None and self._wire.transport is not None:
