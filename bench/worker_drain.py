@@ -8,8 +8,9 @@ kombu path, its Redis round trips, ONNX Runtime), for each worker setting compar
 
 Each round runs every variant once (the order rotated per round) on a private Redis
 (append-only, fsync every second), with a fresh worker; the table gives the median of rounds.
-Variants: `GENSERVE_WORKER__RECEIPTS=false` (kombu's own round trips) and `true` (the default,
-workers/receipts.py).
+Variants: `GENSERVE_WORKER__RECEIPTS=false` (kombu's own round trips), receipts with
+`GENSERVE_WORKER__SHORT_STRATEGY=false` (Celery's Request, pool and tracer), and the default
+(workers/receipts.py and workers/strategy.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from bench.hops import cpu_seconds
 from bench.peers import machine
 
 VARIANTS = {"kombu's round trips (receipts off)": {"GENSERVE_WORKER__RECEIPTS": "false"},
-            "receipts (default)": {"GENSERVE_WORKER__RECEIPTS": "true"}}
+            "receipts, Celery's strategy (short strategy off)": {"GENSERVE_WORKER__RECEIPTS": "true",
+                                                                "GENSERVE_WORKER__SHORT_STRATEGY": "false"},
+            "receipts and the short strategy (default)": {"GENSERVE_WORKER__RECEIPTS": "true"}}
 
 
 def drain(repository: Path, model: str, messages: int, env_extra: dict[str, str]) -> dict[str, float]:

@@ -80,6 +80,9 @@ class WorkerSettings(BaseModel):
     # folded into the result script when the backend is the broker (workers/receipts.py).
     # False: kombu's own round trips, one after the other.
     receipts: bool = True
+    # A solo worker runs a plain online message itself, without Celery's Request, pool
+    # hand-off and tracer (workers/strategy.py); False: every message goes Celery's own way.
+    short_strategy: bool = True
     max_batch_size: int = 0  # samples per ONNX Runtime call; 0: the manifest's value
     # Celery pool. auto: `threads` when the worker serves an autoregressive model (its
     # generation tasks wait on one shared decode loop per process, so many must be active at

@@ -71,6 +71,7 @@ def create_app(settings: Settings, *, with_results: bool = True) -> Celery:
         redis_backend_use_ssl=tls_options(settings.backend_url),
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        genserve_short_strategy=settings.worker.short_strategy,  # read by workers/strategy.py
     )
     repository = ModelRepository(settings.model_repository)
     streams = RedisStreamSink(settings.backend_url)  # token chunks of streamed generations

@@ -84,7 +84,8 @@ def online(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., A
     from celery.concurrency.solo import TaskPool as SoloPool
 
     answer = getattr(task, "answer", None)  # (task id, payload) -> result (workers/tasks.py)
-    if answer is None or not isinstance(consumer.pool, SoloPool):
+    enabled = app.conf.get("genserve_short_strategy", True)  # GENSERVE_WORKER__SHORT_STRATEGY
+    if answer is None or not enabled or not isinstance(consumer.pool, SoloPool):
         return fallback
     name, backend = task.name, task.backend
     eventer = consumer.event_dispatcher

@@ -102,7 +102,9 @@ def payload() -> dict[str, Any]:
 def worker(repo: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Worker]:
     settings = Settings(model_repository=repo, broker_url=redis_url, queue_prefix=f"strategy-{uuid.uuid4().hex[:8]}")
     app = create_app(settings)
-    app.conf.worker_send_task_events = getattr(request, "param", False)
+    options = getattr(request, "param", {})
+    app.conf.worker_send_task_events = options.get("events", False)
+    app.conf.genserve_short_strategy = options.get("short", True)  # GENSERVE_WORKER__SHORT_STRATEGY
     w = Worker(app, TaskPublisher(app, None), settings.queue_for("vae"),
                redis.Redis.from_url(redis_url))
 
@@ -160,9 +162,17 @@ def test_a_task_that_raises_is_stored_as_failure_and_acked(worker: Worker):
     assert worker.settled()
 
 
-@pytest.mark.parametrize("worker", [True], indirect=True)
+@pytest.mark.parametrize("worker", [{"events": True}], indirect=True)
 def test_with_task_events_on_every_message_goes_celerys_way(worker: Worker):
     task_id = worker.send()
     assert worker.meta(task_id)["status"] == "SUCCESS"
     assert worker.seen == ["Request"]  # task-received/started/succeeded events are Celery's to send
+    assert worker.settled()
+
+
+@pytest.mark.parametrize("worker", [{"short": False}], indirect=True)
+def test_turned_off_every_message_goes_celerys_way(worker: Worker):
+    task_id = worker.send()
+    assert worker.meta(task_id)["status"] == "SUCCESS"
+    assert worker.seen == ["Request"]
     assert worker.settled()
