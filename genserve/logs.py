@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextvars
 import itertools
 import json
-import os
 import logging
+import os
 import time
 import uuid
 

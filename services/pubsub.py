@@ -14,9 +14,27 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger(__name__)
+
+
+class Once:
+    """An asynchronous start run once: concurrent first callers share it, and after a failure
+    the next caller tries again."""
+
+    def __init__(self, start: Callable[[], Awaitable[None]]) -> None:
+        self._start = start
+        self._future: asyncio.Future | None = None
+
+    async def __call__(self) -> None:
+        if self._future is None:
+            self._future = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._future)
+        except Exception:
+            self._future = None
+            raise
 
 
 class PubSubReader:
@@ -33,20 +51,14 @@ class PubSubReader:
         self._pubsub = client.pubsub()
         # A channel nobody publishes to keeps the connection subscribed between requests.
         self._idle_channel = f"genserve:{name}:{uuid.uuid4().hex}"
-        self._started: asyncio.Future | None = None
+        self._start_once = Once(self._start)
         self._task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._down_since: float | None = None  # when reading first failed, while it still fails
 
     async def start(self) -> None:
         """Open the connection and start reading, once; concurrent callers share the start."""
-        if self._started is None:
-            self._started = asyncio.ensure_future(self._start())
-        try:
-            await asyncio.shield(self._started)
-        except Exception:
-            self._started = None  # the next caller tries again
-            raise
+        await self._start_once()
 
     async def _start(self) -> None:
         await self._pubsub.subscribe(self._idle_channel)  # opens the one connection

@@ -13,6 +13,7 @@ task's message (workers/receipts.py): kombu's own ack round trip is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from datetime import datetime, timezone
@@ -61,7 +62,7 @@ class ResultBackend(RedisBackend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._store = self.client.register_script(_STORE)
+        self._store_sha = hashlib.sha1(_STORE.encode()).hexdigest()  # EVALSHA's name for the script
         self._extended = bool(self.app.conf.find_value_for_key("extended", "result"))
         self._timezone = self.app.timezone
         self._local = threading.local()  # per thread (the solo loop, the bulk thread): (pid, connection)
@@ -114,7 +115,7 @@ class ResultBackend(RedisBackend):
         retry policy runs it again on a new one, as before."""
         connection = self._connection()
         try:
-            connection.send_command("EVALSHA", self._store.sha, len(keys), *keys, *args)
+            connection.send_command("EVALSHA", self._store_sha, len(keys), *keys, *args)
             try:
                 return connection.read_response()
             except NoScriptError:  # Redis restarted or flushed its scripts

@@ -35,7 +35,7 @@ from typing import Any
 from genserve.errors import BrokerUnavailableError, DeadlineExceededError, InternalError, QueueFullError
 from genserve.protocol import RESULT_PREFIX, TASK_NAME, TaskPayload, consumers_key, senders_key
 from genserve.services import redis_wire
-from genserve.services.pubsub import PubSubReader
+from genserve.services.pubsub import Once, PubSubReader
 from genserve.services.redis_wire import Commands, ResultSubscription, UncertainError
 from genserve.services.redelivery import LostMessageWatch
 from genserve.services.streams import RedisStreams
@@ -71,7 +71,7 @@ class ResultListener(PubSubReader):
         if redis_wire.supported(url):
             self._own = ResultSubscription(url, self._prefix + "*", self._on_own, self._connection_lost, self._resweep,
                                            name=f"genserve-results-{self.token}")
-        self._own_started: asyncio.Future | None = None
+        self._start_own = Once(self._own_and_sweeper)
         self._sweeper: asyncio.Task | None = None
 
     def new_task_id(self) -> str:
@@ -83,18 +83,11 @@ class ResultListener(PubSubReader):
             await self._pubsub.psubscribe(self._prefix + "*")  # opens the connection, before any publish of ours
         await super()._start()
 
-    async def _start_own(self) -> None:
-        """The wire's subscription, once (concurrent first callers share it), and the sweep
-        that redis-py's reader loop would otherwise run."""
-        if self._own_started is None:
-            self._own_started = asyncio.ensure_future(self._own.start())  # type: ignore[union-attr]
-        try:
-            await asyncio.shield(self._own_started)
-        except Exception:
-            self._own_started = None  # the next caller tries again
-            raise
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
+    async def _own_and_sweeper(self) -> None:
+        """The wire's subscription and the sweep that redis-py's reader loop runs otherwise
+        (started once, by `_start_own`)."""
+        await self._own.start()  # type: ignore[union-attr]
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
 
     async def expect(self, key: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -152,7 +145,7 @@ class ResultListener(PubSubReader):
         self._resolve(message["channel"].decode(), message["data"])
 
     async def _tick(self) -> None:
-        if time.monotonic() - self._last_sweep >= self.SWEEP_S:
+        if self._own is None and time.monotonic() - self._last_sweep >= self.SWEEP_S:  # else `_sweep_every`
             self._last_sweep = time.monotonic()
             await self._sweep()
 
