@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from genserve.export.core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from genserve.export.core.training import FitResult, epoch_generator, init_module, run_settings
+from genserve.export.core.training import FitResult, epoch_generator, init_module, keep_freed_memory, run_settings
 from genserve.export.families.gpt.model import GPT, GPTConfig
 
 DEFAULT_STEPS = 900  # about 4 passes over the 474k training tokens (topics + docstrings); 400 (two defaults ago) underfits
@@ -58,6 +58,7 @@ def train_gpt(
 ) -> FitResult:
     """AdamW on random windows of the token stream; resumes from checkpoint_dir if it has one."""
     started = time.perf_counter()
+    keep_freed_memory()
     model = init_module(GPT, config, seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
