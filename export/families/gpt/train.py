@@ -25,6 +25,13 @@ DEFAULT_LR = 2e-3  # peak; linear warm-up over WARMUP_FRACTION, cosine decay to 
 WARMUP_FRACTION = 0.05
 WEIGHT_DECAY = 0.1
 CHECKPOINT_EVERY = 50  # steps between checkpoints
+# Sequence-length warm-up: the first SHORT_FRACTION of the steps train on twice as many
+# half-length windows (the same 2,048 tokens a step). Measured with scripts/gpt_recipe.py
+# (900 steps, seed 0, two threads, 2-core AMD EPYC with AVX2 only, 2026-12-03): held-out
+# 1.870 bits per byte without it, 1.839 with 0.6, 1.838 with 0.8; a 256-token step costs
+# 295 ms there against 342 for a 512-token one (the attention's cost is the square of the
+# length). 700 steps with 0.7 gave 1.927.
+SHORT_FRACTION = 0.8
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -52,6 +59,7 @@ def train_gpt(
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
     weight_decay: float = WEIGHT_DECAY,
+    short_fraction: float = SHORT_FRACTION,
     seed: int = 0,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
@@ -67,15 +75,19 @@ def train_gpt(
         lr=lr, betas=(0.9, 0.99),
     )
     data = torch.from_numpy(stream)
+    short_steps = int(short_fraction * steps)
     settings = run_settings(config, [stream], steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            weight_decay=weight_decay)
+                            weight_decay=weight_decay, **({"short_steps": short_steps} if short_steps else {}))
     path = checkpoint_path(checkpoint_dir)
     done, history = load_checkpoint(path, settings, model, {"adamw": optimizer})
     model.train()
     bar = tqdm(total=steps, initial=min(done, steps), desc="train gpt", disable=not progress)
     for step in range(done, steps):
         g = epoch_generator(seed, step)
-        x, y = batch_windows(data, config.block_size, batch_size, g)
+        if step < short_steps:  # attention costs the square of the length: half-length windows first
+            x, y = batch_windows(data, config.block_size // 2, 2 * batch_size, g)
+        else:
+            x, y = batch_windows(data, config.block_size, batch_size, g)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
         with torch.random.fork_rng(devices=[]):
