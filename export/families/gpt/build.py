@@ -5,15 +5,15 @@ user's Hugging Face GPT2LMHeadModel through `publish_gpt`, the same export, pari
 manifest.
 
 The default model (4 layers, 128 wide, 512-token context, 4,096-token vocabulary, no dropout)
-trains for DEFAULT_STEPS = 900 steps of 4 x 512 tokens at a peak learning rate of 2e-3 on the
+trains for DEFAULT_STEPS = 900 steps of 2,048 tokens at a peak learning rate of 2e-3 on the
 training topics plus the standard library's docstrings (export/data/prose.py; about 4 passes
-over 474k tokens). Held-out 1.870 bits per byte (seed 0, one thread) and 1.878 (seed 1, two
-threads), against 1.933 for the previous default (vocabulary 2,048, dropout 0.1, 1,200 steps
-on the topics alone); measured with the build's split and score by scripts/gpt_recipe.py
-(2026-12-02, 2-core AMD EPYC with AVX2 only: 436 s of training on two threads, so the
-4-minute build target is missed on that CPU; 2-core Intel Xeon with AVX-512: 239 s for the
-whole build at the same size and steps, lr 3e-3). PREVIOUS_GPT for PREVIOUS_STEPS is the
-default before that one (2.17 bits per byte).
+over 474k tokens), the first 80% of them on 256-token windows (train.py SHORT_FRACTION).
+Held-out 1.838 bits per byte (seed 0, two threads; scripts/gpt_recipe.py, 2026-12-03, 2-core
+AMD EPYC with AVX2 only: 288 s of training), against 1.870 with 512-token windows throughout
+and 1.933 for the default before that (vocabulary 2,048, dropout 0.1, 1,200 steps on the
+topics alone). The 4-minute build target holds on the 2-core AVX-512 machines and not on the
+AVX2-only ones (README, GPT section). PREVIOUS_GPT for PREVIOUS_STEPS is an older default
+(2.17 bits per byte).
 
 Held-out metrics are computed the way ScoreText computes them (`score_windows`): per held-out
 document, every token after the first, in windows of the context length that overlap by half,

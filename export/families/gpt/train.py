@@ -1,4 +1,5 @@
-"""Training the GPT: AdamW on random windows of the token stream, warm-up + cosine, resumable.
+"""Training the GPT: AdamW on random windows of the token stream (half-length ones first),
+warm-up + cosine, resumable.
 
 Training is seeded and resumable: the windows of step s and its dropout noise come from
 (seed, s) (`epoch_generator`), so a run stopped at a checkpoint (core/checkpoint.py, every
