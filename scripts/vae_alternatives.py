@@ -32,6 +32,7 @@ if res.model.prior is not None:
     extra = dict(IS_n01=round(g0["inception_score"], 2), FD_n01=round(g0["fd_digits"], 1), acc_n01=g0.get("conditional_accuracy"))
     res.model.prior = prior; res.model.config.prior_components = kw["prior_components"]
 row = dict(name=name, epochs=epochs, secs=round(secs, 1), neg_elbo=round(rep.neg_elbo, 1),
+           train_loss=round(res.history[-1]["loss"], 1),
            IS=round(gen["inception_score"], 2), IS_real=round(gen["inception_score_real"], 2),
            FD=round(gen["fd_digits"], 1), FD_rr=round(gen["fd_digits_real_vs_real"], 1),
            acc=gen.get("conditional_accuracy"), **extra, config=kw)

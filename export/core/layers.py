@@ -1,5 +1,5 @@
 """Layers and example inputs more than one family uses: an MLP, one-hot label conditioning,
-random images.
+random images, random shifts (the digit classifier's and the VAE's augmentation).
 
 The VAE's encoder and decoder and the denoiser's bottleneck are `mlp`s; the conditional VAE
 and the GANs append a one-hot label with `with_label` and trace their graphs with
@@ -49,3 +49,16 @@ def example_images(config: Any) -> Callable[[int, torch.Generator], dict[str, to
         return {"image": torch.rand(batch, config.channels, config.height, config.width, generator=g)}
 
     return inputs
+
+
+def shift(
+    images: torch.Tensor, generator: torch.Generator, max_shift: int
+) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels in -max..max, zero-filled."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4)  # (B, C, H + 2m, W + 2m)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)  # offsets into padded
+    batch = torch.arange(n)[:, None, None]  # (B, 1, 1)
+    rows = dy[:, None, None] + torch.arange(height)[None, :, None]  # (B, H, 1)
+    cols = dx[:, None, None] + torch.arange(width)[None, None, :]  # (B, 1, W)
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)

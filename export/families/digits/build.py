@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from genserve.export.core.layers import shift
 from genserve.export.core.options import BuildOptions, RunOptions
 from genserve.export.core.publishing import digit_training_record, publish_model
 from genserve.export.core.training import FitResult, fit, init_module, run_settings
@@ -28,19 +28,6 @@ DEFAULT_EPOCHS = 14
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 2e-3
 MAX_SHIFT = 2  # pixels: random translations make the judge robust to off-centre generated digits
-
-
-def shift(
-    images: torch.Tensor, generator: torch.Generator, max_shift: int = MAX_SHIFT
-) -> torch.Tensor:
-    """Translate each image by a random whole number of pixels in -max..max, zero-filled."""
-    n, _, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4)  # (B, C, H + 2m, W + 2m)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)  # offsets into padded
-    batch = torch.arange(n)[:, None, None]  # (B, 1, 1)
-    rows = dy[:, None, None] + torch.arange(height)[None, :, None]  # (B, H, 1)
-    cols = dx[:, None, None] + torch.arange(width)[None, None, :]  # (B, 1, W)
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 def train_classifier(
@@ -62,7 +49,7 @@ def train_classifier(
     labels = torch.from_numpy(train_labels.astype(np.int64))
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
-        loss = model.loss(shift(images[idx], g), labels[idx])
+        loss = model.loss(shift(images[idx], g, MAX_SHIFT), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -43,6 +43,7 @@ class VAEConfig:
     features: int = 32  # conv: channels of the outer convolution; the inner one doubles them
     prior_components: int = 0  # 0: N(0, I) prior; K > 0: a K-Gaussian mixture fitted after training
     kl_warmup_epochs: int = 0  # KL weight rises linearly from 0 to 1 over this many epochs
+    augment_shift: int = 0  # training digits moved by up to this many pixels, anew each step
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)  # a config read back from JSON has a list

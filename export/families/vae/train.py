@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genserve.export.core.layers import shift
 from genserve.export.core.training import FitResult, fit, init_module, run_settings
 from genserve.export.families.vae.model import VAE, VAEConfig
 
@@ -48,7 +49,8 @@ def train_vae(
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         kl_weight = min(1.0, (steps_done(optimizer) + 1) / warmup_steps) if warmup_steps else 1.0
-        loss = model.loss(images[idx], None if labels is None else labels[idx], g, kl_weight)
+        x = shift(images[idx], g, config.augment_shift) if config.augment_shift else images[idx]
+        loss = model.loss(x, None if labels is None else labels[idx], g, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -7,7 +7,7 @@ import torch
 
 from genserve.export.families.dae.model import DAE, DAEConfig, add_noise
 from genserve.export.families.dcgan.model import GAN, GANConfig, class_of
-from genserve.export.families.digits.build import shift
+from genserve.export.core.layers import shift
 from genserve.export.families.digits.model import CNNClassifier, CNNConfig
 from genserve.export.registry import specs
 from genserve.protocol import LOOP_NAMES
@@ -63,7 +63,7 @@ def test_shift_translates_by_whole_pixels_with_zero_fill() -> None:
     """Every shifted image is the original moved by at most 2 pixels, nothing else."""
     x = torch.zeros(16, 1, 28, 28)
     x[:, :, 10:18, 12:16] = 1.0
-    moved = shift(x, torch.Generator().manual_seed(0))
+    moved = shift(x, torch.Generator().manual_seed(0), 2)
     assert moved.shape == x.shape and torch.equal(moved.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
     rows = moved[:, 0].sum(dim=2).argmax(dim=1)  # first row of the block in each image
     assert ((rows - 10).abs() <= 2).all() and len(set(rows.tolist())) > 1

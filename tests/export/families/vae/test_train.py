@@ -110,3 +110,19 @@ def test_kl_warm_up_trains_a_resumable_model(digits: tuple[np.ndarray, np.ndarra
     resumed = train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path, **kw)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_shifted_training_digits_change_the_run_and_resume_alike(
+    digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """augment_shift trains on moved digits (another run than without it), drawn from the
+    epoch's generator, so a resumed run ends with the weights of one that never stopped."""
+    images, labels = digits
+    config = VAEConfig(latent_dim=4, hidden=(32,), augment_shift=1)
+    kw = {"batch_size": 64, "lr": 1e-3, "seed": 0, "progress": False}
+    straight = train_vae(config, images, labels, epochs=2, checkpoint_dir=None, **kw)
+    plain = train_vae(VAEConfig(latent_dim=4, hidden=(32,)), images, labels, epochs=2, checkpoint_dir=None, **kw)
+    assert not same_weights(straight.model, plain.model)
+    train_vae(config, images, labels, epochs=1, checkpoint_dir=tmp_path, **kw)
+    resumed = train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path, **kw)
+    assert same_weights(straight.model, resumed.model)
