@@ -522,7 +522,7 @@ def test_requests_that_waited_linger_for_the_returning_clients_within_max_queue_
         first = [submit(b, "a", hold="first"), submit(b, "b", hold="first")]
         await settle()
         waiting = [submit(b, "c"), submit(b, "d")]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a 200 ms round trip: the linger lasts 100 ms, far above a stall
         worker.release("first")
         await finish(*first)
         await asyncio.sleep(0.005)

@@ -41,6 +41,10 @@ from genserve.repository import ImageSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_DIGIT_EPOCHS = 36  # 2,520 steps; 24 -> 36: gan FD 35.7 -> 29.0, cgan FD 27.8 -> 20.6 (README)
+# cgan: 36 -> 48 epochs moved FD 22.2 -> 19.5 (2.10x -> 1.85x real vs real; IS 9.49 -> 9.56, 98.4% in
+# class both), the label-free gan's only 29.5 -> 28.3 (2.80x -> 2.68x): only the cgan trains longer
+# (scripts/gan_alternatives.py, 2-core AVX2 EPYC, 2026-12-03; README).
+CONDITIONAL_DIGIT_EPOCHS = 48
 DEFAULT_BATCH_SIZE = 64
 METRIC_SAMPLES = 2000  # generated images the metrics compare with the real ones
 # Training runs in channels-last layout (NHWC): oneDNN's convolutions and batch norm skip the
@@ -278,7 +282,8 @@ def judge_for(repo_root: Path, run: RunOptions) -> tuple[nn.Module, str]:
 def build(options: BuildOptions) -> Path:
     """The label-free digit DCGAN, class-conditional with --conditional; judged by `digits`."""
     config = CONDITIONAL_DIGIT_GAN if options.conditional else DIGIT_GAN
-    return build_gan(options.repo_root, config=config, **options.pipeline_kwargs())
+    epochs = CONDITIONAL_DIGIT_EPOCHS if options.conditional else DEFAULT_DIGIT_EPOCHS
+    return build_gan(options.repo_root, config=config, **{"epochs": epochs, **options.pipeline_kwargs()})
 
 
 def build_mixture(options: BuildOptions) -> Path:

@@ -165,3 +165,16 @@ def test_gan_mixture_is_registered_outside_the_zoo() -> None:
     """The class-mixture recipe keeps its own name; the default zoo does not build it."""
     family = FAMILIES["gan-mixture"]
     assert not family.in_zoo and family.build_ref.endswith(":build_mixture")
+
+
+def test_the_conditional_gan_trains_longer_unless_epochs_are_given(tmp_path: Path, monkeypatch) -> None:
+    """cgan's default is 48 epochs, the label-free gan's 36; --epochs overrides both."""
+    from genserve.export.families.dcgan import build as dcgan_build
+
+    asked: list[int] = []
+    monkeypatch.setattr(dcgan_build, "build_gan", lambda root, **kw: asked.append(kw["epochs"]) or root)
+    for conditional, epochs in ((True, None), (False, None), (True, 2)):
+        dcgan_build.build(BuildOptions(repo_root=tmp_path, name="g", checkpoint_dir=tmp_path / "ck",
+                                       conditional=conditional, epochs=epochs))
+    assert asked == [dcgan_build.CONDITIONAL_DIGIT_EPOCHS, dcgan_build.DEFAULT_DIGIT_EPOCHS, 2]
+    assert (dcgan_build.CONDITIONAL_DIGIT_EPOCHS, dcgan_build.DEFAULT_DIGIT_EPOCHS) == (48, 36)
