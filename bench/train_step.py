@@ -1,4 +1,5 @@
-"""What a default GPT training step costs on this CPU, with and without keep_freed_memory.
+"""What a default GPT training step costs on this CPU: with and without keep_freed_memory,
+and by window length (the sequence-length warm-up's short steps against full ones).
 
     .venv/bin/python -m bench.train_step [--rounds 3] [--steps 15] [--threads 2]
 
@@ -6,7 +7,9 @@ Each round runs both variants, one after the other, each in a fresh interpreter 
 setting lasts for the process): the default GPTConfig, random tokens, the training loop's own
 step (batch_windows, loss, AdamW, gradient clipping), 3 warm-up steps and then `--steps` timed
 ones. Prints the median milliseconds a step over the rounds and the page faults of the timed
-steps. The build's time is about DEFAULT_STEPS (gpt/train.py) of these plus 20-30 s of
+steps. Then, in one process keeping freed memory, rounds of 3 steps at each window length
+(2,048 tokens a step: 4 x 512, 8 x 256, 16 x 128), interleaved, 2 x `--rounds` + 2 rounds.
+The build's time is about DEFAULT_STEPS (gpt/train.py) of these plus 20-30 s of
 tokenizer, scoring and export.
 """
 
@@ -41,6 +44,25 @@ def step():
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
+if sys.argv[4:] == ["windows"]:
+    lengths = (config.block_size, config.block_size // 2, config.block_size // 4)
+    times = {n: [] for n in lengths}
+    def window_step(block):
+        x, y = batch_windows(data, block, DEFAULT_BATCH_SIZE * config.block_size // block, g)
+        loss = model.loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    for r in range(steps):
+        for block in lengths:
+            started = time.perf_counter()
+            for _ in range(3):
+                window_step(block)
+            if r >= 2:  # the first two rounds warm up
+                times[block].append((time.perf_counter() - started) / 3 * 1000)
+    print(json.dumps({str(n): sorted(v)[len(v) // 2] for n, v in times.items()}))
+    sys.exit()
 for _ in range(3):
     step()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -87,6 +109,15 @@ def main() -> None:
         faults = statistics.median(r["faults"] for r in results) / args.steps
         base = base or ms
         print(f"| {name} | {ms:.0f} ({base / ms:.2f}x) | {faults:,.0f} |")
+    out = subprocess.run([sys.executable, "-c", PROGRAM, "keep", str(2 * args.rounds + 2), str(args.threads), "windows"],
+                         check=True, capture_output=True, text=True)
+    windows = json.loads(out.stdout.strip().splitlines()[-1])
+    print()
+    print("| window (tokens) x windows a step | ms a step (median) |")
+    print("|---|---:|")
+    full = windows[max(windows, key=int)]
+    for block, ms in windows.items():
+        print(f"| {block} x {2048 // int(block)} | {ms:.0f} ({full / ms:.2f}x) |")
 
 
 if __name__ == "__main__":
