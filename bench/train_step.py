@@ -37,8 +37,8 @@ model = GPT(config).train()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 data = torch.randint(config.vocab_size, (500_000,))
 g = torch.Generator().manual_seed(0)
-def step():
-    x, y = batch_windows(data, config.block_size, DEFAULT_BATCH_SIZE, g)
+def step(block=config.block_size):  # DEFAULT_BATCH_SIZE x block_size tokens, in windows of `block`
+    x, y = batch_windows(data, block, DEFAULT_BATCH_SIZE * config.block_size // block, g)
     loss = model.loss(x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -47,21 +47,15 @@ def step():
 if sys.argv[4:] == ["windows"]:
     lengths = (config.block_size, config.block_size // 2, config.block_size // 4)
     times = {n: [] for n in lengths}
-    def window_step(block):
-        x, y = batch_windows(data, block, DEFAULT_BATCH_SIZE * config.block_size // block, g)
-        loss = model.loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
     for r in range(steps):
         for block in lengths:
             started = time.perf_counter()
             for _ in range(3):
-                window_step(block)
+                step(block)
             if r >= 2:  # the first two rounds warm up
                 times[block].append((time.perf_counter() - started) / 3 * 1000)
-    print(json.dumps({str(n): sorted(v)[len(v) // 2] for n, v in times.items()}))
+    tokens = DEFAULT_BATCH_SIZE * config.block_size
+    print(json.dumps({f"{n} x {tokens // n}": sorted(v)[len(v) // 2] for n, v in times.items()}))
     sys.exit()
 for _ in range(3):
     step()
@@ -115,9 +109,9 @@ def main() -> None:
     print()
     print("| window (tokens) x windows a step | ms a step (median) |")
     print("|---|---:|")
-    full = windows[max(windows, key=int)]
-    for block, ms in windows.items():
-        print(f"| {block} x {2048 // int(block)} | {ms:.0f} ({full / ms:.2f}x) |")
+    full = next(iter(windows.values()))  # the full-length windows come first
+    for shape, ms in windows.items():
+        print(f"| {shape} | {ms:.0f} ({full / ms:.2f}x) |")
 
 
 if __name__ == "__main__":
