@@ -26,12 +26,12 @@ secs = time.time() - t
 rep = heldout_neg_elbo(res.model, x_held, y_held, seed=0)
 gen, _ = judged_samples(REPO, res.model, x_held, x_train, 0)
 extra = {}
-if res.model.prior is not None:
+if res.model.prior is not None and not kw.get("learned_prior"):
     prior = res.model.prior; res.model.prior = None; res.model.config.prior_components = 0
     g0, _ = judged_samples(REPO, res.model, x_held, x_train, 0)
     extra = dict(IS_n01=round(g0["inception_score"], 2), FD_n01=round(g0["fd_digits"], 1), acc_n01=g0.get("conditional_accuracy"))
     res.model.prior = prior; res.model.config.prior_components = kw["prior_components"]
-row = dict(name=name, epochs=epochs, secs=round(secs, 1), neg_elbo=round(rep.neg_elbo, 1),
+row = dict(name=name, epochs=epochs, secs=round(secs, 1), neg_elbo=round(rep.neg_elbo, 1), recon=round(rep.recon, 1), kl=round(rep.kl, 1),
            train_loss=round(res.history[-1]["loss"], 1),
            IS=round(gen["inception_score"], 2), IS_real=round(gen["inception_score_real"], 2),
            FD=round(gen["fd_digits"], 1), FD_rr=round(gen["fd_digits_real_vs_real"], 1),

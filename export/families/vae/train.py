@@ -5,12 +5,15 @@ the reparameterisation noise. A run stopped after epoch k and resumed from its c
 therefore ends with the same weights as a run that was never interrupted. Every digit is seen
 each epoch (the last batch may be short: the VAE has no batch norm). With kl_warmup_epochs
 the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016), counted in optimizer
-steps, which the checkpoint restores, so a resumed run warms up alike. A model with a mixture
-prior has it fitted to the training digits' posterior means once training is done.
+steps, which the checkpoint restores, so a resumed run warms up alike; so does the cosine
+learning-rate decay (lr_decay). A model with an ex-post mixture prior has it fitted to the
+training digits' posterior means once training is done; one with only a learned prior
+serves that.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,12 @@ def train_vae(
     steps_per_epoch = -(-len(images) // min(batch_size, len(images)))
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
 
+    total_steps = epochs * steps_per_epoch
+
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        if config.lr_decay == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, steps_done(optimizer), total_steps)
         kl_weight = min(1.0, (steps_done(optimizer) + 1) / warmup_steps) if warmup_steps else 1.0
         x = shift(images[idx], g, config.augment_shift) if config.augment_shift else images[idx]
         loss = model.loss(x, None if labels is None else labels[idx], g, kl_weight)
@@ -56,13 +64,22 @@ def train_vae(
         optimizer.step()
         return {"loss": loss.item()}
 
-    settings = run_settings(config, [images.numpy()], batch_size=batch_size, lr=lr, seed=seed)
+    # a cosine schedule's length is part of the run: resuming it for more epochs is refused
+    schedule = {"lr_decay_epochs": epochs} if config.lr_decay == "cosine" else {}
+    settings = run_settings(config, [images.numpy()], batch_size=batch_size, lr=lr, seed=seed, **schedule)
     result = fit(model, {"adam": optimizer}, step, len(images), epochs=epochs, batch_size=batch_size,
                  seed=seed, settings=settings, checkpoint_dir=checkpoint_dir, desc="train vae",
                  progress=progress, drop_last=False)
-    if model.prior is not None:
+    if model.learned is not None and not config.prior_components:
+        model.learned.copy_to(model.prior)
+    elif model.prior is not None:
         model.prior.fit(posterior_means(model, images, labels), labels, seed)
     return result
+
+
+def cosine_lr(lr: float, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (from 0) of `total_steps`: lr down to 0."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def steps_done(optimizer: torch.optim.Optimizer) -> int:

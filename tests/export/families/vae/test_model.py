@@ -98,3 +98,47 @@ def test_conditional_mixture_prior_fits_one_mixture_per_class() -> None:
     prior.fit(latents, labels, seed=0)
     drawn = prior(torch.randn(30, 3, generator=g), torch.full((30,), 2))
     assert drawn.mean(dim=0).tolist() == pytest.approx([20.0, 20.0], abs=0.3)
+
+
+def test_learned_prior_kl_estimate_matches_the_analytic_kl_of_a_standard_normal() -> None:
+    """A learned mixture whose one component is N(0, I) gives, averaged over draws, the
+    analytic KL to N(0, I): the Monte Carlo term estimates the same quantity."""
+    config = VAEConfig(latent_dim=4, hidden=(32,))
+    plain = VAE(config)
+    learned = VAE(VAEConfig(latent_dim=4, hidden=(32,), learned_prior=1))
+    learned.encoder.load_state_dict(plain.encoder.state_dict())
+    learned.decoder.load_state_dict(plain.decoder.state_dict())
+    with torch.no_grad():
+        learned.learned.means.zero_()
+        learned.learned.log_std.zero_()
+    x = torch.rand(4, 1, 28, 28)
+    _, analytic = plain.elbo_terms(x, generator=torch.Generator().manual_seed(0))
+    estimates = [learned.elbo_terms(x, generator=torch.Generator().manual_seed(s))[1] for s in range(2000)]
+    assert torch.stack(estimates).mean(dim=0).tolist() == pytest.approx(analytic.tolist(), abs=0.05)
+
+
+def test_learned_prior_is_what_the_served_graph_samples_from() -> None:
+    """copy_to writes the learned mixture into the served MixturePrior: the same log density
+    at any point, and draws with the mixture's mean; a served z has one more entry."""
+    config = VAEConfig(latent_dim=3, hidden=(16,), learned_prior=4, num_classes=2)
+    model = VAE(config)
+    assert config.noise_dim == 4 and model.prior is not None
+    with torch.no_grad():
+        model.learned.logits.copy_(torch.tensor([[0.0, 1.0, 2.0, -1.0], [0.5, 0.0, 0.0, 0.0]]))
+        model.learned.log_std.uniform_(-1.0, 0.5)
+    model.learned.copy_to(model.prior)
+    label = torch.tensor([0, 1, 1, 0, 1])
+    z = torch.randn(5, 3)
+    assert model.prior.log_prob(z, label).tolist() == pytest.approx(
+        model.learned.log_prob(z, label).tolist(), abs=1e-4)
+    drawn = model.prior(torch.randn(40000, 4, generator=torch.Generator().manual_seed(0)),
+                        torch.ones(40000, dtype=torch.long))
+    weights = torch.softmax(model.learned.logits[1], dim=0)
+    expected = (weights[:, None] * model.learned.means[1]).sum(dim=0)
+    assert drawn.mean(dim=0).tolist() == pytest.approx(expected.tolist(), abs=0.05)
+
+
+def test_unknown_learning_rate_decay_is_refused() -> None:
+    """A misspelt lr_decay fails when the config is made, naming the choices."""
+    with pytest.raises(ValueError, match="none, cosine"):
+        VAEConfig(lr_decay="cosin")

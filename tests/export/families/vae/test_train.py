@@ -126,3 +126,73 @@ def test_shifted_training_digits_change_the_run_and_resume_alike(
     train_vae(config, images, labels, epochs=1, checkpoint_dir=tmp_path, **kw)
     resumed = train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path, **kw)
     assert same_weights(straight.model, resumed.model)
+
+
+def test_cosine_learning_rate_falls_from_lr_to_zero() -> None:
+    """The schedule starts at lr, is at half of it halfway and ends at 0."""
+    from genserve.export.families.vae.train import cosine_lr
+
+    assert cosine_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 50, 100) == pytest.approx(5e-4)
+    assert cosine_lr(1e-3, 100, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+class Stopped(Exception):
+    """The stand-in for a kill right after a checkpoint was written."""
+
+
+def test_learned_prior_and_cosine_decay_resume_alike(
+    digits: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a learned prior and the cosine decay, a 2-epoch run stopped after its first
+    epoch's checkpoint and resumed ends with the weights of one that never stopped, the
+    served mixture is the learned one, and resuming the finished schedule for more epochs
+    is refused."""
+    from genserve.export.core import training
+
+    images, labels = digits
+    config = VAEConfig(latent_dim=4, hidden=(32,), learned_prior=3, lr_decay="cosine")
+    kw = {"batch_size": 64, "lr": 1e-3, "seed": 0, "progress": False}
+    straight = train_vae(config, images, labels, epochs=2, checkpoint_dir=None, **kw)
+    save = training.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Stopped
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stopped):
+        train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path / "a", **kw)
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    assert torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)["done"] == 1
+    resumed = train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path / "a", **kw)
+    assert not same_weights(straight.model, train_vae(config, images, labels, epochs=1,
+                                                      checkpoint_dir=None, **kw).model)
+    assert same_weights(straight.model, resumed.model)
+    assert torch.equal(straight.model.prior.means, straight.model.learned.means.detach())
+    train_vae(config, images, labels, epochs=2, checkpoint_dir=tmp_path / "b", **kw)
+    with pytest.raises(CheckpointMismatchError, match="lr_decay_epochs"):
+        train_vae(config, images, labels, epochs=3, checkpoint_dir=tmp_path / "b", **kw)
+
+
+def test_ex_post_mixture_still_serves_beside_a_learned_prior(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """With prior_components as well, the served mixture is fitted ex post (its own size),
+    while the held-out ELBO is taken under the learned prior."""
+    images, labels = digits
+    config = VAEConfig(latent_dim=4, hidden=(32,), learned_prior=3, prior_components=2)
+    result = train_vae(config, images, labels, epochs=1, batch_size=64, lr=1e-3, seed=0,
+                       checkpoint_dir=None, progress=False)
+    model = result.model
+    assert model.prior.means.shape == (1, 2, 4) and model.learned.means.shape == (1, 3, 4)
+    report = heldout_neg_elbo(model, images[:100], labels[:100], seed=0)
+    x = torch.from_numpy(np.ascontiguousarray(images[:100], dtype=np.float32))
+    with torch.no_grad():
+        _, kl = model.elbo_terms(x, generator=torch.Generator().manual_seed(0))  # the same draws
+        mu, logvar = model.encoder(x)
+        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))  # those draws again
+        z = mu + torch.exp(0.5 * logvar) * eps
+        standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(dim=1)  # log N(z; 0, I)
+        learned = model.learned.log_prob(z)
+    assert report.kl == pytest.approx(kl.mean().item(), rel=1e-5)
+    # under N(0, I) the same draws would score otherwise, image by image
+    assert (learned - standard).abs().mean().item() > 0.3
