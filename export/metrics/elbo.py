@@ -1,12 +1,14 @@
 """The held-out negative ELBO of a trained VAE (its sample grid is core/publishing.py's).
 
-The held-out negative ELBO is estimated per image with analytic KL(q(z|x) || N(0, I)) and a
-Monte Carlo reconstruction term: `samples` reparameterised draws z ~ q(z|x) (one by default),
-never the mean of q. The noise comes from a seeded generator, so the number is reproducible.
+The held-out negative ELBO is estimated per image under the model's training prior: analytic
+KL(q(z|x) || N(0, I)), or for a model with a learned mixture prior the one-draw Monte Carlo
+log q(z|x) - log p(z), and a Monte Carlo reconstruction term: `samples` reparameterised
+draws z ~ q(z|x) (one by default), never the mean of q. The noise comes from a seeded
+generator, so the number is reproducible.
 
-A model that samples from a fitted mixture prior (model.py) is also scored under that prior:
-its KL term has no closed form, so it is the Monte Carlo log q(z|x) - log p(z) at the same
-draws of z. Both are bounds on a log-likelihood, of the same decoder under its two priors.
+A model that samples from a fitted (ex-post) mixture prior (model.py) is also scored under
+that prior, with the Monte Carlo KL at fresh draws of z. Both are bounds on a
+log-likelihood, of the same decoder under two priors.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from genserve.export.families.vae.model import VAE
 
@@ -72,11 +73,6 @@ def heldout_neg_elbo(
 
 
 def mixture_neg_elbo(model: VAE, x: torch.Tensor, y: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
-    """Per-image negative ELBO (B,) under the model's mixture prior, one draw z ~ q(z|x)."""
-    mu, logvar = model.encoder(x, y)  # (B, D) each
-    std = torch.exp(0.5 * logvar)
-    z = mu + std * torch.randn(mu.shape, generator=g)  # (B, D)
-    logits = model.decoder.logits(z, y)
-    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(dim=1)
-    log_q = torch.distributions.Normal(mu, std).log_prob(z).sum(dim=1)  # (B,)
-    return recon + log_q - model.prior.log_prob(z, y)
+    """Per-image negative ELBO (B,) under the model's served mixture prior, one draw z ~ q(z|x)."""
+    recon, kl = model.elbo_terms(x, y, g, prior=model.prior)
+    return recon + kl

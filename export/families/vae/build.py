@@ -88,10 +88,7 @@ def build_vae(
                            "learned with the model; the held-out neg-ELBO is under it (one-draw Monte Carlo KL)"
                            if config.learned_prior else "N(0, I); the held-out neg-ELBO is under it (analytic KL)"),
         **({"lr_decay": f"{config.lr_decay}, lr to 0 over the {epochs} epochs"} if config.lr_decay != "none" else {}),
-        **({"prior": f"{config.prior_components}-Gaussian mixture (full covariance, EM) fitted to the "
-                     "training digits' posterior means; served z[0] picks the component"}
-           if config.prior_components else
-           {"prior": "the learned mixture prior; served z[0] picks the component"} if config.learned_prior else {}),
+        **({"prior": served_prior(config)} if config.prior_components or config.learned_prior else {}),
         "seed": seed,
         "seconds": round(result.seconds, 2),
         "final_train_loss_nats": result.history[-1]["loss"] if result.history else None,
@@ -104,6 +101,14 @@ def build_vae(
         training=training, metrics=report.metrics() | generation,
         grid=(prior_samples(result.model, GRID_SAMPLES, seed), 8),
     )
+
+
+def served_prior(config: VAEConfig) -> str:
+    """The manifest's word on the mixture the served graph samples from."""
+    if config.prior_components:
+        return (f"{config.prior_components}-Gaussian mixture (full covariance, EM) fitted to the "
+                "training digits' posterior means; served z[0] picks the component")
+    return "the learned mixture prior; served z[0] picks the component"
 
 
 def train_vae_only(

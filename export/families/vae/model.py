@@ -256,9 +256,11 @@ class VAE(nn.Module):
         image: torch.Tensor,
         label: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prior: LearnedPrior | MixturePrior | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image (reconstruction, KL) in nats: one reparameterised z; KL to N(0, I)
-        analytic, to a learned prior the one-draw estimate log q(z|x) - log p(z).
+        analytic, to a mixture (`prior`, else the learned one if any) the one-draw estimate
+        log q(z|x) - log p(z).
 
         Reconstruction is the Bernoulli negative log-likelihood (BCE summed over pixels; the
         pixels are grey levels in [0, 1], used as Bernoulli targets as is customary).
@@ -269,9 +271,10 @@ class VAE(nn.Module):
         logits = self.decoder.logits(z, label)  # (B, C, H, W)
         bce = F.binary_cross_entropy_with_logits(logits, image, reduction="none")
         recon = bce.flatten(1).sum(dim=1)  # (B,)
-        if self.learned is not None:
+        prior = prior if prior is not None else self.learned
+        if prior is not None:
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(dim=1)  # (B,)
-            return recon, log_q - self.learned.log_prob(z, label)
+            return recon, log_q - prior.log_prob(z, label)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)  # (B,) KL(q || N(0, I))
         return recon, kl
 

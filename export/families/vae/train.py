@@ -49,14 +49,14 @@ def train_vae(
 
     steps_per_epoch = -(-len(images) // min(batch_size, len(images)))
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
-
     total_steps = epochs * steps_per_epoch
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        done = steps_done(optimizer)
         if config.lr_decay == "cosine":
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(lr, steps_done(optimizer), total_steps)
-        kl_weight = min(1.0, (steps_done(optimizer) + 1) / warmup_steps) if warmup_steps else 1.0
+                group["lr"] = cosine_lr(lr, done, total_steps)
+        kl_weight = min(1.0, (done + 1) / warmup_steps) if warmup_steps else 1.0
         x = shift(images[idx], g, config.augment_shift) if config.augment_shift else images[idx]
         loss = model.loss(x, None if labels is None else labels[idx], g, kl_weight)
         optimizer.zero_grad(set_to_none=True)
