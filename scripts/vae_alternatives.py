@@ -1,5 +1,6 @@
 """VAE alternatives: train, then held-out neg-ELBO and the digits judge's IS/FD/accuracy."""
 # usage: python scripts/vae_alternatives.py NAME EPOCHS CONFIG_JSON   (one thread; prints one JSON row)
+# LR and BATCH in the environment override the build's learning rate (1e-3) and batch size (64).
 # The judge is the latest `digits` in GENSERVE_MODEL_REPOSITORY (default model_repository).
 import json
 import os
@@ -20,7 +21,8 @@ name = sys.argv[1]; epochs = int(sys.argv[2]); kw = json.loads(sys.argv[3])
 config = VAEConfig(**kw)
 x_train, y_train, x_held, y_held, _ = digit_split(None, None, 0)
 t = time.time()
-res = train_vae(config, x_train, y_train, epochs=epochs, batch_size=64, lr=1e-3, seed=0,
+lr, batch = float(os.environ.get("LR", "1e-3")), int(os.environ.get("BATCH", "64"))
+res = train_vae(config, x_train, y_train, epochs=epochs, batch_size=batch, lr=lr, seed=int(os.environ.get("SEED", "0")),
                 checkpoint_dir=None, progress=False)
 secs = time.time() - t
 rep = heldout_neg_elbo(res.model, x_held, y_held, seed=0)
@@ -31,7 +33,7 @@ if res.model.prior is not None and not kw.get("learned_prior"):
     g0, _ = judged_samples(REPO, res.model, x_held, x_train, 0)
     extra = dict(IS_n01=round(g0["inception_score"], 2), FD_n01=round(g0["fd_digits"], 1), acc_n01=g0.get("conditional_accuracy"))
     res.model.prior = prior; res.model.config.prior_components = kw["prior_components"]
-row = dict(name=name, epochs=epochs, secs=round(secs, 1), neg_elbo=round(rep.neg_elbo, 1), recon=round(rep.recon, 1), kl=round(rep.kl, 1),
+row = dict(name=name, epochs=epochs, lr=lr, batch=batch, secs=round(secs, 1), neg_elbo=round(rep.neg_elbo, 1), recon=round(rep.recon, 1), kl=round(rep.kl, 1),
            train_loss=round(res.history[-1]["loss"], 1),
            IS=round(gen["inception_score"], 2), IS_real=round(gen["inception_score_real"], 2),
            FD=round(gen["fd_digits"], 1), FD_rr=round(gen["fd_digits_real_vs_real"], 1),

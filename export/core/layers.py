@@ -25,11 +25,32 @@ def with_label(x: torch.Tensor, label: torch.Tensor | None, num_classes: int) ->
     return torch.cat([x, F.one_hot(label, num_classes).to(x.dtype)], dim=1)  # (B, F + K)
 
 
-def mlp(widths: list[int]) -> nn.Sequential:
-    """Linear + ReLU between consecutive widths."""
+ACTIVATIONS = ("relu", "elu", "gated")
+
+
+class GatedLinear(nn.Module):
+    """A gated dense layer (Dauphin et al. 2017; the VampPrior paper's VAEs): one Linear to
+    twice the width, its first half times the sigmoid of its second."""
+
+    def __init__(self, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(fan_in, 2 * fan_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.linear(x).chunk(2, dim=1)  # (B, fan_out) each
+        return value * torch.sigmoid(gate)
+
+
+def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear + ReLU (or ELU) between consecutive widths; "gated": GatedLinear layers."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        if activation == "gated":
+            layers.append(GatedLinear(fan_in, fan_out))
+        else:
+            layers += [nn.Linear(fan_in, fan_out), nn.ELU() if activation == "elu" else nn.ReLU()]
     return nn.Sequential(*layers)
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.export.core.layers import example_label, mlp, with_label
+from genserve.export.core.layers import ACTIVATIONS, example_label, mlp, with_label
 from genserve.export.core.spec import GraphSpec, ModelSpec
 from genserve.protocol import Loop
 
@@ -57,11 +57,14 @@ class VAEConfig:
     augment_shift: int = 0  # training digits moved by up to this many pixels, anew each step
     learned_prior: int = 0  # K > 0: train against a K-Gaussian diagonal mixture prior learned with the model
     lr_decay: str = "none"  # "cosine": the learning rate falls from lr to 0 along a half cosine over the run
+    activation: str = "relu"  # the MLP layers' nonlinearity: "relu", "elu" or "gated" (export/core/layers.py)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)  # a config read back from JSON has a list
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
 
     @property
     def pixels(self) -> int:
@@ -116,7 +119,7 @@ class Encoder(nn.Module):
         self.config = c = config
         self.conv = conv_body(c) if c.arch == "conv" else nn.Flatten()
         flat = 2 * c.features * c.grid[0] * c.grid[1] if c.arch == "conv" else c.pixels
-        self.body = mlp([flat + c.num_classes, *c.hidden])
+        self.body = mlp([flat + c.num_classes, *c.hidden], c.activation)
         self.head = nn.Linear(c.hidden[-1], 2 * c.latent_dim)
 
     def forward(
@@ -135,7 +138,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = c = config
         widths = list(reversed(c.hidden))
-        self.body = mlp([c.latent_dim + c.num_classes, *widths])
+        self.body = mlp([c.latent_dim + c.num_classes, *widths], c.activation)
         if c.arch == "conv":
             flat = 2 * c.features * c.grid[0] * c.grid[1]
             self.head = nn.Sequential(nn.Linear(widths[-1], flat), nn.ReLU(), ConvHead(c))

@@ -142,3 +142,24 @@ def test_unknown_learning_rate_decay_is_refused() -> None:
     """A misspelt lr_decay fails when the config is made, naming the choices."""
     with pytest.raises(ValueError, match="none, cosine"):
         VAEConfig(lr_decay="cosin")
+
+
+def test_gated_layers_gate_each_unit_by_a_sigmoid_of_its_own_half() -> None:
+    """activation="gated": each hidden unit is value * sigmoid(gate), both halves of one Linear,
+    so a unit whose gate weights are pushed far negative outputs zero."""
+    model = VAE(VAEConfig(latent_dim=4, hidden=(16, 8), activation="gated")).eval()
+    first = model.encoder.body[0]
+    x = torch.rand(3, 784)
+    value, gate = first.linear(x).chunk(2, dim=1)
+    assert torch.allclose(first(x), value * torch.sigmoid(gate), atol=1e-6)
+    with torch.no_grad():
+        first.linear.bias[16] = -1e4  # the first unit's gate
+    assert first(x)[:, 0].abs().max().item() == 0.0 and first(x)[:, 1].abs().min().item() > 0.0
+    mu, _ = model.encoder(torch.rand(2, 1, 28, 28))
+    assert mu.shape == (2, 4) and model.decoder(mu).shape == (2, 1, 28, 28)
+
+
+def test_unknown_activation_is_refused() -> None:
+    """A misspelt activation fails when the config is made, naming the choices."""
+    with pytest.raises(ValueError, match="relu, elu, gated"):
+        VAEConfig(activation="gelu")
