@@ -34,7 +34,7 @@ def test_the_judge_goes_first_alone_and_the_rest_longest_first(tmp_path: Path) -
     first, rest = plan(zoo_builds(), tmp_path)
     assert [b.name for b in first] == ["digits"]
     names = [b.name for b in rest]
-    assert names[0] == "gpt" and set(names) == {b.name for b in zoo_builds()} - {"digits"}
+    assert set(names) == {b.name for b in zoo_builds()} - {"digits"}
     assert [BUILD_SECONDS[n] for n in names] == sorted((BUILD_SECONDS[n] for n in names), reverse=True)
 
 
