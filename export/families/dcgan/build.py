@@ -63,8 +63,9 @@ RECALIBRATE_BATCHES = 40  # batches of 250 z's to re-estimate batch-norm statist
 # 100 clusters with the hinge loss against 50 with BCE: FD 29.6 / 31.7 -> 25.8 / 23.8 (seeds
 # 0 / 1, 36 epochs; 2.98x -> 2.41x real vs real), IS 8.84 / 8.68 -> 9.35 / 9.28 (real 9.32).
 # 128 latents instead of 64 with D learning 4x as fast as G instead of 2x: FD 25.8 -> 20.2
-# (seed 0; 22.9 for seed 1; 1.91x / 2.16x real vs real), IS 9.45 -> 9.41 (real 9.47), at
-# the same training time; 256 latents were worse (25.6, seed 1). 2-core AMD EPYC, 2026-12-04.
+# for seed 0 (1.91x real vs real), mean over seeds 0-2 26.5 -> 23.4 (2.50x -> 2.21x; the
+# seeds spread by 7), IS within the real digits' (9.47), at the same training time; 256
+# latents were worse (25.6, seed 1). 2-core AMD EPYC, 2026-12-04 (README).
 DIGIT_CLUSTERS = 100  # measured: 20 clusters IS 7.94, FD 57.4; 50: IS 8.33, FD 49.0 (before EMA/TTUR)
 DIGIT_GAN = GANConfig(latent_dim=128, num_classes=DIGIT_CLUSTERS, aux_classes=DIGIT_CLUSTERS,
                       label_from_latent=True, clusters=True, cluster_shares=True, average_decay=0.999,
