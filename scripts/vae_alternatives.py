@@ -1,6 +1,7 @@
 """VAE alternatives: train, then held-out neg-ELBO and the digits judge's IS/FD/accuracy."""
 # usage: python scripts/vae_alternatives.py NAME EPOCHS CONFIG_JSON   (one thread; prints one JSON row)
-# LR and BATCH in the environment override the build's learning rate (1e-3) and batch size (64).
+# LR, BATCH and SEED in the environment override the learning rate (1e-3), the batch size (64)
+# and the training seed (0; the split stays seed 0's).
 # The judge is the latest `digits` in GENSERVE_MODEL_REPOSITORY (default model_repository).
 import json
 import os
@@ -21,8 +22,8 @@ name = sys.argv[1]; epochs = int(sys.argv[2]); kw = json.loads(sys.argv[3])
 config = VAEConfig(**kw)
 x_train, y_train, x_held, y_held, _ = digit_split(None, None, 0)
 t = time.time()
-lr, batch = float(os.environ.get("LR", "1e-3")), int(os.environ.get("BATCH", "64"))
-res = train_vae(config, x_train, y_train, epochs=epochs, batch_size=batch, lr=lr, seed=int(os.environ.get("SEED", "0")),
+lr, batch, seed = float(os.environ.get("LR", "1e-3")), int(os.environ.get("BATCH", "64")), int(os.environ.get("SEED", "0"))
+res = train_vae(config, x_train, y_train, epochs=epochs, batch_size=batch, lr=lr, seed=seed,
                 checkpoint_dir=None, progress=False)
 secs = time.time() - t
 rep = heldout_neg_elbo(res.model, x_held, y_held, seed=0)

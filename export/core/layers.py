@@ -28,6 +28,12 @@ def with_label(x: torch.Tensor, label: torch.Tensor | None, num_classes: int) ->
 ACTIVATIONS = ("relu", "elu", "gated")
 
 
+def check_activation(activation: str) -> None:
+    """Refuse an activation `mlp` does not know, naming the ones it does."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+
+
 class GatedLinear(nn.Module):
     """A gated dense layer (Dauphin et al. 2017; the VampPrior paper's VAEs): one Linear to
     twice the width, its first half times the sigmoid of its second."""
@@ -43,8 +49,7 @@ class GatedLinear(nn.Module):
 
 def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
     """Linear + ReLU (or ELU) between consecutive widths; "gated": GatedLinear layers."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+    check_activation(activation)
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False):
         if activation == "gated":

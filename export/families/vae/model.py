@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.export.core.layers import ACTIVATIONS, example_label, mlp, with_label
+from genserve.export.core.layers import check_activation, example_label, mlp, with_label
 from genserve.export.core.spec import GraphSpec, ModelSpec
 from genserve.protocol import Loop
 
@@ -63,8 +63,7 @@ class VAEConfig:
         self.hidden = tuple(int(h) for h in self.hidden)  # a config read back from JSON has a list
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+        check_activation(self.activation)  # when the config is made, not when the model is built
 
     @property
     def pixels(self) -> int:
