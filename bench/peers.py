@@ -84,21 +84,26 @@ class Peers(Stack):
         return address
 
     def _kserve(self, model: str, repository: Path) -> str:
-        if not KSERVE_PYTHON.exists():
-            raise SystemExit(f"{KSERVE_PYTHON} is missing: `make bench-peers` builds it (kserve==0.21.0)")
-        manifest = ModelRepository(repository).resolve(model)
-        onnx = ModelRepository(repository).verified_path(manifest)
-        port = free_port()
-        log = open(self.tmp / "kserve.log", "w")
-        process = subprocess.Popen([str(KSERVE_PYTHON), str(ROOT / "bench" / "kserve_onnx.py"), "--model_name", model,
-                                    "--onnx", str(onnx), "--threads", str(self.args.threads),
-                                    "--grpc_port", str(port), "--http_port", str(free_port()),
-                                    "--enable_latency_logging", "false"],
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process, address = start_kserve(model, repository, self.args.threads, self.tmp / "kserve.log")
         self.processes.append(process)
-        address = f"127.0.0.1:{port}"
         wait_ready(address, process)
         return address
+
+
+def start_kserve(model: str, repository: Path, threads: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """KServe's ModelServer (.venv-kserve) on the model's ONNX graph: (process, address), not yet ready."""
+    if not KSERVE_PYTHON.exists():
+        raise SystemExit(f"{KSERVE_PYTHON} is missing: `make bench-peers` builds it (kserve==0.21.0)")
+    manifest = ModelRepository(repository).resolve(model)
+    onnx = ModelRepository(repository).verified_path(manifest)
+    port = free_port()
+    log = open(log_path, "w")  # noqa: SIM115 (the child keeps it)
+    process = subprocess.Popen([str(KSERVE_PYTHON), str(ROOT / "bench" / "kserve_onnx.py"), "--model_name", model,
+                                "--onnx", str(onnx), "--threads", str(threads),
+                                "--grpc_port", str(port), "--http_port", str(free_port()),
+                                "--enable_latency_logging", "false"],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return process, f"127.0.0.1:{port}"
 
 
 def load(address: str, model: str, spec: str, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
