@@ -46,6 +46,7 @@ from genserve.protocol import Loop
 class GANConfig:
     latent_dim: int = 64
     features: int = 32  # channels of G's last hidden stage and D's first; the next stage doubles
+    d_features: int = 0  # D's first stage alone (0: `features`); 64 for the gan: 87% more training time, no better FD
     channels: int = 1
     height: int = 28
     width: int = 28
@@ -130,11 +131,12 @@ class Discriminator(nn.Module):
         c = config
         self.config = config
         side = down_size(c.height) * down_size(c.width)
-        flat = (2 * c.features + int(c.minibatch_std)) * side
+        f = c.d_features or c.features
+        flat = (2 * f + int(c.minibatch_std)) * side
         self.body = nn.Sequential(
-            spectral_norm(nn.Conv2d(c.channels, c.features, 4, stride=2, padding=1)),
+            spectral_norm(nn.Conv2d(c.channels, f, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2),
-            spectral_norm(nn.Conv2d(c.features, 2 * c.features, 4, stride=2, padding=1)),
+            spectral_norm(nn.Conv2d(f, 2 * f, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2),
         )
         self.head = spectral_norm(nn.Linear(flat, 1))

@@ -167,6 +167,18 @@ def test_minibatch_std_and_hinge_loss_train_the_discriminator() -> None:
     assert gan.g_loss(same).item() == pytest.approx(-d(same).mean().item(), abs=1e-5)
 
 
+def test_d_features_widens_the_discriminator_alone() -> None:
+    """d_features sets D's channels (its class embedding and head follow); G keeps `features`."""
+    narrow = GAN(GANConfig(latent_dim=8, features=4, num_classes=3, aux_classes=3))
+    wide = GAN(GANConfig(latent_dim=8, features=4, d_features=12, num_classes=3, aux_classes=3))
+    assert [p.shape for p in wide.generator.parameters()] == [p.shape for p in narrow.generator.parameters()]
+    first = wide.discriminator.body[0]
+    assert first.weight.shape[0] == 12 and narrow.discriminator.body[0].weight.shape[0] == 4
+    images, labels = torch.rand(5, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1])
+    assert wide.discriminator.features(images).shape == (5, 2 * 12 * 7 * 7)
+    assert wide.discriminator(images, labels).shape == (5,)
+
+
 def test_cluster_labels_are_balanced_enough_and_reproducible() -> None:
     """k-means on pixels gives every cluster members, the same ones for the same seed."""
     from genserve.export.families.dcgan.build import cluster_labels
