@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def main() -> None:
             process.terminate()
         for process, _ in servers.values():
             process.wait(timeout=30)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from genserve.oip import grpc_predict_v2_pb2 as v2
+from bench.loadgen import infer_request
+from bench.peers import input_spec
 from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from genserve.repository import ModelRepository
 from genserve.settings import Settings
@@ -85,19 +86,6 @@ async def handler_chain(registry: Registry, metrics: MetricsInterceptor) -> grpc
     return await DecodingInterceptor().intercept_service(counted, Details)
 
 
-def request_bytes(manifest: Any) -> tuple[bytes, dict[str, np.ndarray]]:
-    """One sample for every input of the graph, raw, as bench.loadgen sends it."""
-    request = v2.ModelInferRequest(model_name=manifest.name)
-    feeds = {}
-    for spec in manifest.files["model"].inputs:
-        shape = [1, *spec.shape[1:]]
-        array = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)
-        request.inputs.add(name=spec.name, datatype="FP32", shape=shape)
-        request.raw_input_contents.append(array.tobytes())
-        feeds[spec.name] = array
-    return request.SerializeToString(), feeds
-
-
 async def run(args: argparse.Namespace) -> None:
     os.environ.pop("GENSERVE_BROKER_URL", None)  # the embedded mode
     settings = Settings(model_repository=str(args.repository))
@@ -106,7 +94,10 @@ async def run(args: argparse.Namespace) -> None:
     catalog = ModelCatalog(ModelRepository(args.repository), settings.gateway.manifest_ttl_s)
     catalog.rescan()
     manifest = catalog.resolve(args.model)
-    raw, feeds = request_bytes(manifest)
+    request = infer_request(args.model, 0, input_spec(args.repository, args.model))  # what bench.loadgen sends
+    raw = request.SerializeToString()
+    (tensor,) = request.inputs
+    feeds = {tensor.name: np.frombuffer(request.raw_input_contents[0], np.float32).reshape(list(tensor.shape))}
     servicer = OpenInferenceServicer(settings, catalog, dispatcher)
     context = Context()
     registry = Registry()
