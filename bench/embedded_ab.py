@@ -79,7 +79,7 @@ def main() -> None:
                     points.setdefault((conc, label), []).append((out["rps"], out["p50_ms"], out["p99_ms"], cpu_us))
                     print(f"round {r} c={conc} {label:14s} {out['rps']:7.0f} req/s  p50 {out['p50_ms']:.3f} ms  "
                           f"p99 {out['p99_ms']:.2f} ms  server CPU {cpu_us:.0f} us/request", flush=True)
-        print(f"\n| variant | concurrency | req/s | p50 ms | p99 ms | server CPU us/request |\n|---|---:|---:|---:|---:|---:|")
+        print("\n| variant | concurrency | req/s | p50 ms | p99 ms | server CPU us/request |\n|---|---:|---:|---:|---:|---:|")
         for (conc, label), rows in sorted(points.items()):
             rps, p50, p99, cpu = (statistics.median(column) for column in zip(*rows))
             print(f"| {label} | {conc} | {rps:,.0f} | {p50:.3f} | {p99:.2f} | {cpu:.0f} |")
