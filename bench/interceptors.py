@@ -5,7 +5,7 @@
 A grpc.aio server whose ModelInfer answers a fixed response (no batcher, no Redis, no model)
 runs with: no interceptors; the decoding interceptor; the metrics interceptor; both (the
 gateway's set, auth off); two that only pass the call on (grpc's interceptor machinery
-alone). `bench.loadgen` drives each in turn, its own process, and the server's CPU per call
+alone); and grpc's synchronous server (a thread pool of 4) with the same fixed answer. `bench.loadgen` drives each in turn, its own process, and the server's CPU per call
 comes from /proc.
 """
 
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from typing import Any
 
-VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics")
+VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics", "sync server (4 threads)")
 
 
 def serve(variant: str, port: int) -> None:
@@ -36,6 +36,21 @@ def serve(variant: str, port: int) -> None:
     class Fixed(v2_grpc.GRPCInferenceServiceServicer):
         async def ModelInfer(self, request: Any, context: Any) -> Any:
             return response
+
+    if variant.startswith("sync"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        class FixedSync(v2_grpc.GRPCInferenceServiceServicer):
+            def ModelInfer(self, request: Any, context: Any) -> Any:
+                return response
+
+        sync_server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(FixedSync(), sync_server)
+        sync_server.add_insecure_port(f"127.0.0.1:{port}")
+        sync_server.start()
+        print("ready", flush=True)
+        sync_server.wait_for_termination()
+        return
 
     class PassOn(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation: Any, details: Any) -> Any:
@@ -61,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -70,9 +86,9 @@ def main() -> None:
     from bench.hops import cpu_seconds
     from bench.peers import wait_ready
 
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float]]] = {}
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in args.variants.split(","):
             port = free_port()
             server = subprocess.Popen([sys.executable, "-m", "bench.interceptors", "--serve", variant, str(port)],
                                       stdout=subprocess.PIPE, cwd=ROOT)
@@ -91,14 +107,15 @@ def main() -> None:
                 before = cpu_seconds(server.pid)
                 point = load(args.duration)
                 cpu_us = (cpu_seconds(server.pid) - before) / point["requests"] * 1e6
-                results.setdefault(variant, []).append((point["rps"], cpu_us))
+                results.setdefault(variant, []).append((point["rps"], cpu_us, point["p50_ms"]))
             finally:
                 server.terminate()
                 server.wait(timeout=30)
-    print(f"| interceptors (concurrency {args.concurrency}) | req/s per round | server CPU us per call per round |")
-    print("|---|---|---|")
+    print(f"| server (concurrency {args.concurrency}) | req/s per round | p50 ms per round | server CPU us per call per round |")
+    print("|---|---|---|---|")
     for variant, points in results.items():
-        print(f"| {variant} | {', '.join(f'{r:,.0f}' for r, _ in points)} | {', '.join(f'{c:.0f}' for _, c in points)} |")
+        print(f"| {variant} | {', '.join(f'{r:,.0f}' for r, _, _ in points)} | {', '.join(f'{p:.3f}' for _, _, p in points)} "
+              f"| {', '.join(f'{c:.0f}' for _, c, _ in points)} |")
 
 
 if __name__ == "__main__":
