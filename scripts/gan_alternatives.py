@@ -6,7 +6,8 @@
 # same split (seed 0's); "base": "gan" or "cgan" starts from that zoo config,
 # "gan-previous" from the gan of 2026-12-02 before issue #15's measurements, "gan-bce50" from
 # the gan of 2026-12-03 before the hinge loss and 100 clusters, "gan-z64" from the gan of
-# 2026-12-03 before 128 latents and D's 4x learning rate.
+# 2026-12-03 before 128 latents and D's 4x learning rate, "gan-g32" from the gan of 2026-12-04
+# before G went from 32 to 48 channels.
 # The judge is the latest `digits` in GENSERVE_MODEL_REPOSITORY (default model_repository).
 import json
 import os
@@ -25,11 +26,12 @@ from genserve.export.metrics.judge import digit_generation_metrics, latest_judge
 
 torch.set_num_threads(1)
 REPO = Path(os.environ.get("GENSERVE_MODEL_REPOSITORY", "model_repository"))
-Z64_GAN = replace(DIGIT_GAN, latent_dim=64, d_lr_scale=2.0)  # the zoo's gan before 2026-12-04
+G32_GAN = replace(DIGIT_GAN, features=32, d_features=0)  # the zoo's gan before G went to 48 channels
+Z64_GAN = replace(G32_GAN, latent_dim=64, d_lr_scale=2.0)  # the zoo's gan before 2026-12-04
 # the zoo's gan of 2026-12-03 before the hinge loss and 100 clusters
 BCE_GAN = replace(Z64_GAN, num_classes=50, aux_classes=50, loss="bce")
 PREVIOUS_GAN = replace(BCE_GAN, cluster_shares=False, average_decay=0.995, average_start=0, d_lr_scale=1.0)
-BASES = {"gan": DIGIT_GAN, "cgan": CONDITIONAL_DIGIT_GAN, "gan-z64": Z64_GAN, "gan-bce50": BCE_GAN, "gan-previous": PREVIOUS_GAN}
+BASES = {"gan": DIGIT_GAN, "cgan": CONDITIONAL_DIGIT_GAN, "gan-g32": G32_GAN, "gan-z64": Z64_GAN, "gan-bce50": BCE_GAN, "gan-previous": PREVIOUS_GAN}
 name = sys.argv[1]; milestones = [int(e) for e in sys.argv[2].split(",")]; kw = json.loads(sys.argv[3])
 base = kw.pop("base", None)
 seed = int(kw.pop("seed", 0))
