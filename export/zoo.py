@@ -100,13 +100,16 @@ class Runner:
         log.close()
 
     def wait_one(self) -> None:
-        """Block until a running build ends; report it."""
+        """Block until a running build ends; report every build that has ended by then, so that
+        a failure is seen before anything new starts, whichever of them ended first."""
         while True:
-            for name, (proc, started) in list(self.running.items()):
-                if proc.poll() is not None:
-                    del self.running[name]
-                    self.report(name, proc.returncode, time.monotonic() - started)
-                    return
+            ended = [(name, proc, started) for name, (proc, started) in self.running.items()
+                     if proc.poll() is not None]
+            for name, proc, started in ended:
+                del self.running[name]
+                self.report(name, proc.returncode, time.monotonic() - started)
+            if ended:
+                return
             time.sleep(0.2)
 
     def report(self, name: str, code: int, seconds: float) -> None:
