@@ -5,8 +5,9 @@
 A grpc.aio server whose ModelInfer answers a fixed response (no batcher, no Redis, no model)
 runs with: no interceptors; the decoding interceptor; the metrics interceptor; both (the
 gateway's set, auth off); two that only pass the call on (grpc's interceptor machinery
-alone); and grpc's synchronous server (a thread pool of 4) with the same fixed answer. `bench.loadgen` drives each in turn, its own process, and the server's CPU per call
-comes from /proc.
+alone); and grpc's synchronous server (a thread pool of 4) with the same fixed answer.
+`bench.loadgen` drives each in turn, its own process, and the server's CPU per call comes from
+/proc.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import subprocess
 import sys
 from typing import Any
 
-VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics", "sync server (4 threads)")
+VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics",
+            "sync server (4 threads)")
 
 
 def serve(variant: str, port: int) -> None:
@@ -76,19 +78,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from: {', '.join(VARIANTS)}")
     from bench.__main__ import ROOT, free_port
     from bench.hops import cpu_seconds
     from bench.peers import wait_ready
 
     results: dict[str, list[tuple[float, float, float]]] = {}
     for _ in range(args.rounds):
-        for variant in args.variants.split(","):
+        for variant in variants:
             port = free_port()
             server = subprocess.Popen([sys.executable, "-m", "bench.interceptors", "--serve", variant, str(port)],
                                       stdout=subprocess.PIPE, cwd=ROOT)
@@ -111,11 +118,14 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(timeout=30)
-    print(f"| server (concurrency {args.concurrency}) | req/s per round | p50 ms per round | server CPU us per call per round |")
+    print(f"| server (concurrency {args.concurrency}) | req/s per round | p50 ms per round "
+          "| server CPU us per call per round |")
     print("|---|---|---|---|")
     for variant, points in results.items():
-        print(f"| {variant} | {', '.join(f'{r:,.0f}' for r, _, _ in points)} | {', '.join(f'{p:.3f}' for _, _, p in points)} "
-              f"| {', '.join(f'{c:.0f}' for _, c, _ in points)} |")
+        rps = ", ".join(f"{r:,.0f}" for r, _, _ in points)
+        cpu = ", ".join(f"{c:.0f}" for _, c, _ in points)
+        p50 = ", ".join(f"{p:.3f}" for _, _, p in points)
+        print(f"| {variant} | {rps} | {p50} | {cpu} |")
 
 
 if __name__ == "__main__":
