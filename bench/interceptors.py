@@ -8,6 +8,10 @@ gateway's set, auth off); two that only pass the call on (grpc's interceptor mac
 alone); and grpc's synchronous server (a thread pool of 4) with the same fixed answer.
 `bench.loadgen` drives each in turn, its own process, and the server's CPU per call comes from
 /proc.
+
+A variant may carry server settings after a `;`: `none;opt:grpc.http2.bdp_probe=0` passes a
+channel argument to grpc.aio.server, `none;env:GRPC_EXPERIMENTS=pollset_alternative` sets an
+environment variable of the server process (gRPC core reads its experiments at start-up).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -23,8 +28,29 @@ VARIANTS = ("none", "pass-through x2", "decoding", "metrics", "decoding+metrics"
             "sync server (4 threads)")
 
 
+def settings(variant: str) -> tuple[str, list[tuple[str, int | str]], dict[str, str]]:
+    """(base variant, grpc server options, environment) of `base;opt:K=V;env:K=V`."""
+    base, *extras = variant.split(";")
+    options: list[tuple[str, int | str]] = []
+    env: dict[str, str] = {}
+    for extra in extras:
+        kind, _, setting = extra.partition(":")
+        key, _, value = setting.partition("=")
+        if kind == "opt" and key and value:
+            options.append((key, int(value) if value.lstrip("-").isdigit() else value))
+        elif kind == "env" and key:
+            env[key] = value
+        else:
+            raise ValueError(f"{extra!r}: expected opt:KEY=VALUE or env:KEY=VALUE")
+    if base not in VARIANTS:
+        raise ValueError(f"unknown variant {base!r}; choose from: {', '.join(VARIANTS)}")
+    return base, options, env
+
+
 def serve(variant: str, port: int) -> None:
     import grpc
+
+    variant, options, _ = settings(variant)
 
     from genserve.oip import grpc_predict_v2_pb2 as v2
     from genserve.oip import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -46,7 +72,7 @@ def serve(variant: str, port: int) -> None:
             def ModelInfer(self, request: Any, context: Any) -> Any:
                 return response
 
-        sync_server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        sync_server = grpc.server(ThreadPoolExecutor(max_workers=4), options=options)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(FixedSync(), sync_server)
         sync_server.add_insecure_port(f"127.0.0.1:{port}")
         sync_server.start()
@@ -63,7 +89,7 @@ def serve(variant: str, port: int) -> None:
               "decoding+metrics": [DecodingInterceptor(), MetricsInterceptor(GatewayMetrics())]}[variant]
 
     async def main() -> None:
-        server = grpc.aio.server(interceptors=chosen)
+        server = grpc.aio.server(interceptors=chosen, options=options)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(Fixed(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -86,9 +112,11 @@ def main() -> None:
         serve(args.serve[0], int(args.serve[1]))
         return
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from: {', '.join(VARIANTS)}")
+    for variant in variants:
+        try:
+            settings(variant)
+        except ValueError as e:
+            parser.error(str(e))
     from bench.__main__ import ROOT, free_port
     from bench.hops import cpu_seconds
     from bench.peers import wait_ready
@@ -97,8 +125,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for variant in variants:
             port = free_port()
+            env = {**os.environ, **settings(variant)[2]}
             server = subprocess.Popen([sys.executable, "-m", "bench.interceptors", "--serve", variant, str(port)],
-                                      stdout=subprocess.PIPE, cwd=ROOT)
+                                      stdout=subprocess.PIPE, cwd=ROOT, env=env)
             try:
                 server.stdout.readline()  # type: ignore[union-attr]
                 wait_ready(f"127.0.0.1:{port}", server)
