@@ -167,8 +167,16 @@ def training_record(
         "resumed_from_epoch": fit.resumed_from,
         "seconds": round(fit.seconds, 2),
         "final_losses": fit.history[-1] if fit.history else {},
+        "precision": precision_record(getattr(fit, "precision", "fp32")),
         **knobs,
     }
+
+
+def precision_record(precision: str) -> str:
+    """The manifest's words for a training run's precision (core/training.py's training_precision)."""
+    if precision == "bf16":
+        return "bf16 autocast (matmuls and convolutions in bfloat16; weights, optimizer and exported graph fp32)"
+    return "fp32"
 
 
 def sample_grid_png(images: np.ndarray | torch.Tensor, path: Path, nrow: int = 8) -> Path:

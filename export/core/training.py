@@ -12,9 +12,11 @@ generators and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ class FitResult:
     history: list[Any] = field(default_factory=list)  # per epoch: {loss name: mean}; the GPT: loss per step
     resumed_from: int = 0  # epochs already done when this call started
     seconds: float = 0.0  # wall time of this call
+    precision: str = "fp32"  # training_precision: "bf16" when the forward passes ran under bf16 autocast
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -69,6 +72,37 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
+
+
+PRECISION_ENV = "GENSERVE_TRAIN_PRECISION"  # auto (default), fp32 or bf16
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), where oneDNN's
+    bf16 matmuls and convolutions run faster than fp32; on AVX2 alone bf16 is emulated, slower."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def training_precision(requested: str | None = None) -> str:
+    """"bf16" (autocast: matmuls and convolutions in bfloat16, weights, optimizer state and
+    reductions in fp32) or "fp32": GENSERVE_TRAIN_PRECISION, by default "auto", which takes
+    bf16 where the CPU has it natively (native_bf16). Measured per step on one thread of a
+    2-core AMD EPYC with AVX-512 BF16 (2026-12-06): the gan 116 -> 77 ms, the GPT 300 -> 218 ms."""
+    value = (requested if requested is not None else os.environ.get(PRECISION_ENV, "auto")).strip().lower()
+    if value not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"{PRECISION_ENV}={value!r}: expected auto, fp32 or bf16")
+    if value == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return value
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The forward pass's context for `precision` (training_precision): bf16 autocast or nothing."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -67,6 +67,8 @@ class GANConfig:
     clusters: bool = False  # label-free: the classes are k-means clusters of the training images
     cluster_shares: bool = False  # with clusters: z[:, 0] picks a cluster as often as the data has it
     class_weights: tuple[float, ...] = ()  # with label_from_latent: each class's share; (): equal
+    # bf16 autocast where the CPU has bf16 (core/training.py's training_precision); False: fp32
+    mixed_precision: bool = True
 
     @property
     def base(self) -> tuple[int, int]:

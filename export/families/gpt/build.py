@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from genserve.export.core.options import BuildOptions, RunOptions
-from genserve.export.core.publishing import TOKENIZER, WEIGHTS, publish_version, save_weights
+from genserve.export.core.publishing import TOKENIZER, WEIGHTS, precision_record, publish_version, save_weights
 from genserve.export.data.prose import (
     EOS,
     Document,
@@ -197,6 +197,7 @@ def build_gpt(
         "tokens_per_step": batch_size * config.block_size,
         "lr": lr,
         "optimizer": f"AdamW (weight decay {WEIGHT_DECAY}), warm-up + cosine",
+        "precision": precision_record(result.precision),
         "seed": seed,
         "parameters": result.model.num_parameters(),
         "seconds": round(result.seconds, 2),

@@ -17,7 +17,15 @@ import torch
 from tqdm import tqdm
 
 from genserve.export.core.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from genserve.export.core.training import FitResult, epoch_generator, init_module, keep_freed_memory, run_settings
+from genserve.export.core.training import (
+    FitResult,
+    autocast,
+    epoch_generator,
+    init_module,
+    keep_freed_memory,
+    run_settings,
+    training_precision,
+)
 from genserve.export.families.gpt.model import GPT, GPTConfig
 
 DEFAULT_STEPS = 900  # about 4 passes over the 474k training tokens (topics + docstrings); 400 (two defaults ago) underfits
@@ -68,6 +76,7 @@ def train_gpt(
     """AdamW on random windows of the token stream; resumes from checkpoint_dir if it has one."""
     started = time.perf_counter()
     keep_freed_memory()
+    precision = training_precision()  # bf16 autocast where the CPU has bf16
     model = init_module(GPT, config, seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -78,7 +87,8 @@ def train_gpt(
     data = torch.from_numpy(stream)
     short_steps = int(short_fraction * steps)
     settings = run_settings(config, [stream], steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            weight_decay=weight_decay, **({"short_steps": short_steps} if short_steps else {}))
+                            weight_decay=weight_decay, **({"short_steps": short_steps} if short_steps else {}),
+                            **({"precision": precision} if precision != "fp32" else {}))
     path = checkpoint_path(checkpoint_dir)
     done, history = load_checkpoint(path, settings, model, {"adamw": optimizer})
     model.train()
@@ -93,7 +103,8 @@ def train_gpt(
             group["lr"] = learning_rate(step, steps, lr)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout noise of this step
-            loss = model.loss(x, y)
+            with autocast(precision):
+                loss = model.loss(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -105,4 +116,4 @@ def train_gpt(
         bar.update(1)
     bar.close()
     model.eval()
-    return FitResult(model, history, done, time.perf_counter() - started)
+    return FitResult(model, history, done, time.perf_counter() - started, precision=precision)
