@@ -82,7 +82,7 @@ def build_vae(
         "resumed_from_epoch": result.resumed_from,
         "batch_size": batch_size,
         "lr": lr,
-        "optimizer": "Adam",
+        "optimizer": "Adam (fused)",
         **({"kl_warmup_epochs": config.kl_warmup_epochs} if config.kl_warmup_epochs else {}),
         **({"augmentation": f"training digits shifted by up to {config.augment_shift} pixel(s), "
                             "anew each step"} if config.augment_shift else {}),

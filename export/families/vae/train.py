@@ -43,7 +43,10 @@ def train_vae(
     `result.history[k]["loss"]` the mean train loss of epoch k in nats per image.
     """
     model = init_module(VAE, config, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # fused: one pass over each parameter instead of seven (the dense layers' Adam update was 28%
+    # of a step): 15.9 -> 13.6 ms a step on one thread of a 2-core AMD EPYC, and the same
+    # held-out figures (vae 99.5 nats, FD 33.1; cvae 96.8 nats, 97.4% in class; 2026-12-06).
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     images = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     labels = torch.from_numpy(train_labels.astype(np.int64)) if config.num_classes else None
 
