@@ -79,6 +79,7 @@ def build_textclf(
         "start": backbone.description,
         **asdict(settings),
         "optimizer": "AdamW, linear warmup 10% then linear decay",
+        "precision": "fp32",
         "frozen_part": "embeddings and the first freeze_layers blocks, eval mode, run once per text and cached",
         "epochs_done": len(result.history),
         "seconds": round(result.seconds, 2),

@@ -83,6 +83,7 @@ def build_vae(
         "batch_size": batch_size,
         "lr": lr,
         "optimizer": "Adam (fused)",
+        "precision": "fp32",
         **({"kl_warmup_epochs": config.kl_warmup_epochs} if config.kl_warmup_epochs else {}),
         **({"augmentation": f"training digits shifted by up to {config.augment_shift} pixel(s), "
                             "anew each step"} if config.augment_shift else {}),
