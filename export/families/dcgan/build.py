@@ -93,7 +93,7 @@ CLUSTER_DESCRIPTION = (
     "in [0, 1]; self-conditioned on k-means clusters of the training digits, read from z[0]"
 )
 # fp32: under bf16 autocast the cgan scored FD 18.7 -> 20.3 (seed 0) and 20.4 -> 21.9 (seed 1) at
-# 48 epochs, 1.73x -> 1.88x and 1.89x -> 2.03x real vs real, for 1.35x faster steps, while the
+# 48 epochs, 1.73x -> 1.88x and 1.89x -> 2.02x real vs real, for 1.35x faster steps, while the
 # gan scored better under it (2-core AMD EPYC with AVX-512 BF16, 2026-12-06; README).
 CONDITIONAL_DIGIT_GAN = GANConfig(num_classes=10, aux_classes=10, mixed_precision=False)
 
