@@ -147,8 +147,7 @@ def train_gan(
         return {"d": d_loss.item(), "g": g_loss.item()}
 
     data = [train_images] if labels is None else [train_images, train_labels]
-    settings = run_settings(config, data, batch_size=batch_size, seed=seed,
-                            **({"precision": precision} if precision != "fp32" else {}))
+    settings = run_settings(config, data, batch_size=batch_size, seed=seed, precision=precision)
     result = fit(gan, {"d": opt_d, "g": opt_g}, step, len(images), epochs=epochs,
                  batch_size=batch_size, seed=seed, settings=settings,
                  checkpoint_dir=checkpoint_dir, desc=desc, progress=progress)

@@ -88,7 +88,7 @@ def train_gpt(
     short_steps = int(short_fraction * steps)
     settings = run_settings(config, [stream], steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                             weight_decay=weight_decay, **({"short_steps": short_steps} if short_steps else {}),
-                            **({"precision": precision} if precision != "fp32" else {}))
+                            precision=precision)  # a checkpoint resumes only in its own precision
     path = checkpoint_path(checkpoint_dir)
     done, history = load_checkpoint(path, settings, model, {"adamw": optimizer})
     model.train()

@@ -72,3 +72,18 @@ def test_a_gan_config_that_opts_out_trains_fp32_even_when_bf16_is_forced(monkeyp
     result = train_gan(config, images, None, epochs=1, batch_size=32, seed=0, checkpoint_dir=None,
                        progress=False)
     assert result.precision == "fp32"
+
+
+def test_a_checkpoint_resumes_only_in_the_precision_that_wrote_it(monkeypatch, tmp_path):
+    from genserve.export.core.checkpoint import CheckpointMismatchError
+
+    images = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
+    config = GANConfig(latent_dim=8, features=8)
+    for written, resumed in [("bf16", "fp32"), ("fp32", "bf16")]:
+        monkeypatch.setenv(PRECISION_ENV, written)
+        train_gan(config, images, None, epochs=1, batch_size=32, seed=0, checkpoint_dir=tmp_path / written,
+                  progress=False)
+        monkeypatch.setenv(PRECISION_ENV, resumed)
+        with pytest.raises(CheckpointMismatchError, match=f"precision: saved {written}, now {resumed}"):
+            train_gan(config, images, None, epochs=2, batch_size=32, seed=0, checkpoint_dir=tmp_path / written,
+                      progress=False)
