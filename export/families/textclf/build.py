@@ -25,7 +25,7 @@ import tokenizers
 import torch
 
 from genserve.export.core.options import BuildOptions
-from genserve.export.core.publishing import TOKENIZER, WEIGHTS, publish_version, save_weights
+from genserve.export.core.publishing import TOKENIZER, WEIGHTS, precision_record, publish_version, save_weights
 from genserve.export.data.labelled_texts import TextDataset, load_texts
 from genserve.export.data.mnist import train_heldout_split
 from genserve.export.families.textclf.backbone import Backbone, classifier_from, minilm_backbone
@@ -79,7 +79,7 @@ def build_textclf(
         "start": backbone.description,
         **asdict(settings),
         "optimizer": "AdamW, linear warmup 10% then linear decay",
-        "precision": "fp32",
+        "precision": precision_record(result.precision),
         "frozen_part": "embeddings and the first freeze_layers blocks, eval mode, run once per text and cached",
         "epochs_done": len(result.history),
         "seconds": round(result.seconds, 2),
