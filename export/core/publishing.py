@@ -167,7 +167,7 @@ def training_record(
         "resumed_from_epoch": fit.resumed_from,
         "seconds": round(fit.seconds, 2),
         "final_losses": fit.history[-1] if fit.history else {},
-        "precision": precision_record(getattr(fit, "precision", "fp32")),
+        "precision": precision_record(fit.precision),
         **knobs,
     }
 

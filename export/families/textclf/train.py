@@ -95,7 +95,7 @@ def freeze(model: TextClassifier, layers: int) -> None:
 
 
 def run_settings(model: TextClassifier, rows: list[np.ndarray], labels: np.ndarray,
-                 settings: FinetuneSettings, start_sha256: str, precision: str = "fp32") -> dict[str, Any]:
+                 settings: FinetuneSettings, start_sha256: str, precision: str) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed; the epochs too, as they shape the schedule."""
     data = hashlib.sha256(b"".join(r.tobytes() + b"|" for r in rows) + labels.tobytes()).hexdigest()
     return {"config": asdict(model.config), "data_sha256": data, "start_sha256": start_sha256,
@@ -183,7 +183,7 @@ def forward_batch(model: TextClassifier, inputs: list[torch.Tensor], layers: int
 
 def run_epoch(model: TextClassifier, optimizer: torch.optim.Optimizer, inputs: list[torch.Tensor],
               y: torch.Tensor, batches: list[np.ndarray], first_step: int, total: int,
-              settings: FinetuneSettings, bar: tqdm, precision: str = "fp32") -> float:
+              settings: FinetuneSettings, bar: tqdm, precision: str) -> float:
     """One pass over `batches` of frozen_features; returns the summed training loss (nats)."""
     loss_sum = 0.0
     for i, idx in enumerate(batches):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from genserve.export.core.options import BuildOptions
-from genserve.export.core.publishing import publish_model
+from genserve.export.core.publishing import precision_record, publish_model
 from genserve.export.data.mnist import DIGIT_HELDOUT_FRACTION, digit_split
 from genserve.export.families.vae.model import VAE, VAE_SPEC, VAEConfig
 from genserve.export.families.vae.train import train_vae
@@ -83,7 +83,7 @@ def build_vae(
         "batch_size": batch_size,
         "lr": lr,
         "optimizer": "Adam (fused)",
-        "precision": "fp32",
+        "precision": precision_record(result.precision),
         **({"kl_warmup_epochs": config.kl_warmup_epochs} if config.kl_warmup_epochs else {}),
         **({"augmentation": f"training digits shifted by up to {config.augment_shift} pixel(s), "
                             "anew each step"} if config.augment_shift else {}),
